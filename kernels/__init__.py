@@ -1,0 +1,1 @@
+"""Compute kernels. Triton is imported only below this package; every kernel has a plain-PyTorch reference."""

@@ -1,0 +1,1 @@
+"""Reward functions: pure batched functions (prompts, completions, **meta) -> list[float], registered by name."""
