@@ -9,8 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 torch.set_num_threads(1)
 
@@ -20,3 +20,11 @@ requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
+    """One tiny random-init Olmo Hybrid + tokenizer folder for the whole session (built locally, ~1 s)."""
+    from hyrl.model.presets import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_model"), preset="tiny", seed=0)

@@ -1,0 +1,249 @@
+"""The recipe schema: typed configs that mirror the YAML, one per component, validated before anything runs.
+
+A recipe is ``name``, ``seed`` and the sections ``model``, ``data``, ``algo`` (a union keyed on ``type``), ``optim``,
+``rollout``, ``eval``, ``checkpoint`` and ``logging``. Unknown keys and wrong types are errors that name the field
+path and the fix, e.g. ``algo.beta: expected a number, got 'high'``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    """The policy. Either ``path`` (an HF model folder) or ``preset`` (a tiny random-init model built in the run)."""
+
+    path: Path | None = None
+    preset: Literal["tiny", "small"] = "tiny"
+    implementation: Literal["hyrl", "transformers"] = "hyrl"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    # The recurrent state stays fp32 by default: a bf16 state drifts from the learner's numbers over long rollouts.
+    state_dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class DataConfig(Section):
+    """Prompts and answers from a synthetic task family (or a JSONL file with ``prompt``/``answer`` fields)."""
+
+    task: str = "arithmetic"
+    path: Path | None = None
+    num_train: PositiveInt = 512
+    num_eval: PositiveInt = 64
+    train_seed: int = 0
+    eval_seed: int = 10_000
+
+
+class SFTAlgo(Section):
+    """Supervised fine-tuning on prompt -> answer, loss on the answer tokens only."""
+
+    type: Literal["sft"] = "sft"
+    max_length: PositiveInt = 64
+
+
+class DPOAlgo(Section):
+    """Direct preference optimisation on (correct, incorrect) answer pairs."""
+
+    type: Literal["dpo"] = "dpo"
+    beta: PositiveFloat = 0.1
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    max_length: PositiveInt = 64
+
+
+Algo = Annotated[SFTAlgo | DPOAlgo, Field(discriminator="type")]
+
+
+class OptimConfig(Section):
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 0.0
+    warmup_steps: int = Field(0, ge=0)
+    max_steps: PositiveInt = 100
+    batch_size: PositiveInt = 16
+    grad_accum: PositiveInt = 1
+    max_grad_norm: PositiveFloat = 1.0
+
+
+class RolloutConfig(Section):
+    """Generation settings for rollouts and evaluation."""
+
+    num_workers: PositiveInt = 1
+    max_new_tokens: PositiveInt = 16
+    temperature: NonNegativeFloat = 1.0
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class EvalConfig(Section):
+    every_n_steps: int = Field(0, ge=0, description="0 disables in-loop evaluation")
+    num_samples: PositiveInt = 1
+
+
+class CheckpointConfig(Section):
+    every_n_steps: int = Field(50, ge=0, description="0 saves only the final model")
+    keep_last: PositiveInt = 2
+    resume: bool = False
+
+
+class LoggingConfig(Section):
+    run_dir: Path | None = Field(None, description="default: runs/<recipe name>")
+    every_n_steps: PositiveInt = 5
+    tensorboard: bool = True
+    progress: bool = True
+
+
+class Recipe(Section):
+    """A whole run, as written in ``recipes/*.yaml``."""
+
+    name: str
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    algo: Algo
+    optim: OptimConfig = OptimConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    eval: EvalConfig = EvalConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _default_run_dir(self) -> Recipe:
+        if self.logging.run_dir is None:
+            self.logging.run_dir = Path("runs") / self.name
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        assert self.logging.run_dir is not None
+        return self.logging.run_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading: YAML + command-line overrides -> Recipe, with errors that name the field and the fix.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; ``problems`` holds one ``field.path: what is wrong (fix)`` line each."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{source}: invalid recipe\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+ALGO_TYPES = ("sft", "dpo")
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The valid keys of the section at ``loc`` (for 'unknown key' messages)."""
+    model: type[BaseModel] | None = Recipe
+    for part in loc:
+        field = model.model_fields.get(str(part)) if model else None
+        if field is None:
+            return []
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return sorted(model.model_fields) if model else []
+
+
+def _describe(err: dict) -> str:
+    loc = tuple(err["loc"])
+    if len(loc) >= 2 and loc[0] == "algo" and loc[1] in ALGO_TYPES:
+        algo_cls = {"sft": SFTAlgo, "dpo": DPOAlgo}[loc[1]]
+        loc = ("algo", *loc[2:])
+    else:
+        algo_cls = None
+    path = ".".join(str(p) for p in loc) or "<recipe>"
+    kind, got = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        valid = sorted(algo_cls.model_fields) if algo_cls and len(loc) == 2 else _fields_at(loc[:-1])
+        return f"{path}: unknown key (fix: remove it or use one of: {', '.join(valid)})"
+    if kind in ("float_parsing", "float_type"):
+        return f"{path}: expected a number, got {got!r}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"{path}: expected an integer, got {got!r}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"{path}: expected true or false, got {got!r}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        bound = next(iter(err.get("ctx", {}).items()), ("", ""))
+        op = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}.get(bound[0], bound[0])
+        return f"{path}: must be {op} {bound[1]}, got {got!r}"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tag = err.get("ctx", {}).get("tag", got)
+        return f"{path}.type: unknown algo type {tag!r} (fix: one of {', '.join(ALGO_TYPES)})"
+    if kind == "literal_error":
+        return f"{path}: expected {err['ctx']['expected']}, got {got!r}"
+    if kind == "missing":
+        return f"{path}: required field is missing"
+    return f"{path}: {err['msg']}, got {got!r}"
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Set ``a.b.c=value`` pairs into the raw recipe dict; values are parsed as YAML (``lr=1e-3`` is a float)."""
+    import yaml
+
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RecipeError("command line", [f"{item!r}: overrides look like key.path=value"])
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError("command line", [f"{key}: {part} is not a section"])
+        node[leaf] = yaml.safe_load(value)
+    return raw
+
+
+def check_paths(recipe: Recipe) -> list[str]:
+    """Problems with files the recipe names (checked after the schema, before anything starts)."""
+    problems = []
+    path = recipe.model.path
+    if path is not None and not (path / "config.json").is_file():
+        what = "no such folder" if not path.exists() else "no config.json in folder"
+        problems.append(
+            f"model.path: {what} {str(path)!r} (fix: point it at a Hugging Face model folder, or remove it to"
+            f" build the tiny '{recipe.model.preset}' preset; for a run's output use <run_dir>/final)"
+        )
+    if recipe.data.path is not None and not recipe.data.path.is_file():
+        problems.append(f"data.path: no such file {str(recipe.data.path)!r} (fix: a JSONL file with prompt/answer)")
+    return problems
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, *, paths: bool = True) -> Recipe:
+    """Read, override and validate a recipe; raises RecipeError listing every problem found."""
+    import yaml
+    from pydantic import ValidationError
+
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(str(path), ["no such recipe file (fix: check the path; recipes live in recipes/)"])
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(str(path), [f"not valid YAML: {e}"]) from None
+    if not isinstance(raw, dict):
+        raise RecipeError(str(path), ["the top level must be a mapping of sections"])
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(str(path), [_describe(err) for err in e.errors()]) from None
+    problems = check_paths(recipe) if paths else []
+    if problems:
+        raise RecipeError(str(path), problems)
+    return recipe
+
+
+def dump_recipe(recipe: Recipe, out: Path) -> None:
+    """Write the resolved recipe (defaults filled in) as YAML: the run folder's record of what ran."""
+    import yaml
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))

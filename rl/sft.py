@@ -1,0 +1,28 @@
+"""Supervised fine-tuning through TRL's SFTTrainer, loss on the answer tokens only."""
+
+from __future__ import annotations
+
+from hyrl.config import SFTAlgo
+from hyrl.model.loading import load_causal_lm
+from hyrl.rl.data import sft_dataset
+from hyrl.rl.run import MetricsCallback, RunContext, finish, resume_point, trainer_args
+from transformers import AutoTokenizer
+from trl import SFTConfig, SFTTrainer
+
+
+def train_sft(ctx: RunContext) -> None:
+    """Train ``ctx.init_model_dir`` on the recipe's task; the result lands in ``<run_dir>/final``."""
+    recipe = ctx.recipe
+    assert isinstance(recipe.algo, SFTAlgo)
+    model = load_causal_lm(ctx.init_model_dir, recipe.model.implementation)
+    tokenizer = AutoTokenizer.from_pretrained(str(ctx.init_model_dir))
+    args = SFTConfig(**trainer_args(ctx), max_length=recipe.algo.max_length, completion_only_loss=True)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=sft_dataset(recipe.data),
+        processing_class=tokenizer,
+        callbacks=[MetricsCallback(ctx.metrics)],
+    )
+    trainer.train(resume_from_checkpoint=resume_point(ctx))
+    finish(ctx, trainer, ["loss", "grad_norm", "learning_rate"])

@@ -1,0 +1,85 @@
+"""Recipes: every shipped recipe validates, and broken ones fail before anything starts, naming the field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hyrl.config import Recipe, RecipeError, apply_overrides, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+def test_recipes_folder_is_not_empty() -> None:
+    assert len(RECIPES) >= 2
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_validates(path: Path) -> None:
+    recipe = load_recipe(path, paths=False)  # paths may name an earlier run's output, checked at train time
+    assert isinstance(recipe, Recipe)
+    assert recipe.name == path.stem, "a recipe's name should match its file name (it names the run folder)"
+
+
+BROKEN = {
+    "unknown_key": ({"optim": {"lr": 1e-3, "learning_rate": 1e-3}}, "optim.learning_rate: unknown key"),
+    "wrong_type": ({"algo": {"type": "dpo", "beta": "high"}}, "algo.beta: expected a number, got 'high'"),
+    "missing_model_path": ({"model": {"path": "no/such/model"}}, "model.path: no such folder"),
+    "negative_lr": ({"optim": {"lr": -0.001}}, "optim.lr: must be > 0"),
+    "unknown_algo": ({"algo": {"type": "ppo"}}, "algo.type: unknown algo type 'ppo'"),
+}
+
+
+def _write(tmp_path: Path, name: str, patch: dict) -> Path:
+    raw = {"name": name, "algo": {"type": "sft"}, "logging": {"run_dir": str(tmp_path / "run")}}
+    raw.update(patch)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_validate_rejects_broken_recipe(tmp_path: Path, case: str) -> None:
+    patch, expected = BROKEN[case]
+    path = _write(tmp_path, case, patch)
+    proc = subprocess.run([sys.executable, "-m", "hyrl.cli", "validate", str(path)], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode != 0
+    assert expected in proc.stderr, proc.stderr
+    assert "(fix:" in proc.stderr or "expected" in proc.stderr or "must be" in proc.stderr
+    assert not (tmp_path / "run").exists(), "a rejected recipe must not create its run folder"
+
+
+def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
+    path = _write(tmp_path, "many", {"optim": {"lr": -1, "batch_size": "big"}, "extra": 1})
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    text = str(err.value)
+    assert "optim.lr" in text and "optim.batch_size" in text and "extra: unknown key" in text
+
+
+def test_overrides_are_typed_and_validated(tmp_path: Path) -> None:
+    path = _write(tmp_path, "ov", {})
+    recipe = load_recipe(path, ["optim.lr=5e-4", "optim.max_steps=7", "algo.max_length=16"])
+    assert recipe.optim.lr == 5e-4 and recipe.optim.max_steps == 7 and recipe.algo.max_length == 16
+    with pytest.raises(RecipeError, match=r"optim\.max_steps: expected an integer"):
+        load_recipe(path, ["optim.max_steps=many"])
+    with pytest.raises(RecipeError, match=r"key\.path=value"):
+        apply_overrides({}, ["novalue"])
+
+
+def test_validate_cli_accepts_a_good_recipe(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "hyrl.cli", "validate", str(ROOT / "recipes/sft_tiny.yaml")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "is valid" in proc.stdout
+
+
+@pytest.mark.parametrize("command", [["--help"], ["train", "--help"], ["validate", "--help"]])
+def test_help(command: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "hyrl.cli", *command], capture_output=True, text=True)
+    assert proc.returncode == 0 and "recipe" in proc.stdout.lower()

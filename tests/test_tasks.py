@@ -1,0 +1,52 @@
+"""Task families and the tiny model folder: deterministic data, honest verifiers, loadable HF output."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from hyrl.tasks import TASKS, get_task
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_examples_are_deterministic_per_seed(name: str) -> None:
+    task = get_task(name)
+    assert task.make(20, seed=1) == task.make(20, seed=1)
+    assert task.make(20, seed=1) != task.make(20, seed=2)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_verifier_passes_the_answer_and_fails_a_wrong_one(name: str) -> None:
+    task, rng = get_task(name), random.Random(0)
+    for ex in task.make(30, seed=3):
+        assert task.verify(f" {ex.answer} trailing", ex.answer).score == 1.0
+        wrong = task.wrong_answer(ex, rng)
+        assert wrong != ex.answer
+        verdict = task.verify(wrong, ex.answer)
+        assert verdict.score == 0.0 and repr(ex.answer) in verdict.reason
+
+
+def test_arithmetic_answers_are_sums() -> None:
+    for ex in get_task("arithmetic").make(50, seed=0):
+        a, b = ex.prompt.rstrip("=").split("+")
+        assert int(ex.answer) == int(a) + int(b)
+
+
+def test_unknown_task_lists_the_available_ones() -> None:
+    with pytest.raises(KeyError, match="arithmetic"):
+        get_task("sudoku")
+
+
+def test_tiny_model_folder_loads_with_transformers(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert model.config.model_type == "olmo_hybrid"
+    assert model.config.layer_types.count("linear_attention") == 3 * model.config.layer_types.count("full_attention")
+    assert tok.tokenize("47+385=") == ["4", "7", "+", "3", "8", "5", "="], "digits must be single tokens"
+    chat = tok.apply_chat_template([{"role": "user", "content": "1+1="}], tokenize=False, add_generation_prompt=True)
+    assert chat.endswith("<|im_start|>assistant\n")
+    ids = tok("12+3=", return_tensors="pt").input_ids
+    assert model(ids).logits.shape == (1, ids.shape[1], len(tok))

@@ -1,0 +1,76 @@
+"""The main job on the tiny recipes, through the real CLI: SFT learns, DPO widens the preference margin, and the
+outputs are ordinary HF folders."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hyrl.tracking import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _train(recipe: str, run_dir: Path, *overrides: str) -> None:
+    cmd = [sys.executable, "-m", "hyrl.cli", "train", str(ROOT / "recipes" / recipe),
+           f"logging.run_dir={run_dir}", "logging.progress=false", *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=run_dir.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _series(run_dir: Path, key: str) -> list[float]:
+    return [r[key] for r in read_metrics(run_dir / "metrics.jsonl") if key in r]
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("train") / "sft"
+    _train("sft_tiny.yaml", run_dir)
+    return run_dir
+
+
+@pytest.mark.slow
+def test_sft_loss_falls(sft_run: Path) -> None:
+    loss = _series(sft_run, "loss")
+    assert len(loss) >= 10
+    assert loss[-1] < 0.4 * loss[0], f"SFT loss went {loss[0]:.3f} -> {loss[-1]:.3f}"
+    for name in ("recipe.yaml", "curves.png", "summary.txt", "final/config.json", "final/tokenizer.json"):
+        assert (sft_run / name).is_file(), name
+    assert list((sft_run / "tb").glob("events.out.tfevents.*")), "TensorBoard events missing"
+
+
+@pytest.mark.slow
+def test_final_checkpoint_reloads_with_transformers(sft_run: Path) -> None:
+    from hyrl.model.loading import load_causal_lm
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(0, 300, (2, 12))
+    theirs = AutoModelForCausalLM.from_pretrained(sft_run / "final").eval()
+    ours = load_causal_lm(sft_run / "final").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_dpo_margin_rises_from_sft(sft_run: Path) -> None:
+    run_dir = sft_run.parent / "dpo"
+    _train("dpo_tiny.yaml", run_dir, f"model.path={sft_run / 'final'}")
+    margins = _series(run_dir, "rewards/margins")
+    assert len(margins) >= 6
+    early, late = sum(margins[:3]) / 3, sum(margins[-3:]) / 3
+    assert late > early + 0.05, f"DPO margin {early:.3f} -> {late:.3f}"
+    assert (run_dir / "final" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_last_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "resume"
+    common = ["optim.max_steps=20", "checkpoint.every_n_steps=10", "data.num_train=256", "logging.every_n_steps=2"]
+    _train("sft_tiny.yaml", run_dir, *common)
+    _train("sft_tiny.yaml", run_dir, *common[1:], "optim.max_steps=30", "checkpoint.resume=true")
+    steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 30, steps
+    assert (run_dir / "checkpoints" / "checkpoint-30").is_dir()
