@@ -38,18 +38,21 @@ def train(recipe: Recipe) -> None:
     ctx = prepare_run(recipe)
     if recipe.algo.type == "sft":
         from hyrl.rl.sft import train_sft as run
-    else:
+    elif recipe.algo.type == "dpo":
         from hyrl.rl.dpo import train_dpo as run
+    else:
+        from hyrl.rl.grpo import train_grpo as run
     run(ctx)
     _report(ctx)
 
 
 def _report(ctx) -> None:
+    from transformers import AutoTokenizer
+
     from hyrl.eval.greedy import greedy_accuracy
     from hyrl.model.loading import load_causal_lm
     from hyrl.rl.data import load_examples
     from hyrl.tasks import get_task
-    from transformers import AutoTokenizer
 
     r = ctx.recipe
     model = load_causal_lm(ctx.final_dir, r.model.implementation)

@@ -57,7 +57,67 @@ class DPOAlgo(Section):
     max_length: PositiveInt = 64
 
 
-Algo = Annotated[SFTAlgo | DPOAlgo, Field(discriminator="type")]
+class TISCorrection(Section):
+    """Truncated importance sampling: weight each token by min(p_learner / p_rollout, cap)."""
+
+    type: Literal["tis"] = "tis"
+    cap: float = Field(2.0, ge=1.0)
+
+
+class IcePopCorrection(Section):
+    """IcePop: drop tokens whose learner/rollout probability ratio leaves [low, high]."""
+
+    type: Literal["icepop"] = "icepop"
+    low: float = Field(0.5, gt=0.0, le=1.0)
+    high: float = Field(2.0, ge=1.0)
+
+
+class NoCorrection(Section):
+    type: Literal["none"] = "none"
+
+
+Correction = Annotated[TISCorrection | IcePopCorrection | NoCorrection, Field(discriminator="type")]
+
+
+class ParityGate(Section):
+    """Stop the run when learner-vs-rollout mismatch KL stays above ``max_kl`` for ``patience`` steps in a row."""
+
+    max_kl: PositiveFloat = 1e-2
+    patience: PositiveInt = 3
+
+
+class SFTWarmStart(Section):
+    """A short SFT stage on the same task before GRPO, so the policy starts with a non-zero reward."""
+
+    steps: PositiveInt = 300
+    lr: PositiveFloat = 3e-3
+    batch_size: PositiveInt = 32
+
+
+class GRPOAlgo(Section):
+    """Group-relative policy optimisation on rollouts from the vLLM rollout workers, trained through TRL."""
+
+    type: Literal["grpo"] = "grpo"
+    loss: Literal["grpo", "dr_grpo", "dapo", "gspo"] = "grpo"
+    num_generations: int = Field(8, ge=2, description="completions per prompt (the group)")
+    prompts_per_step: PositiveInt = 8
+    kl_coef: NonNegativeFloat = Field(0.0, description="weight of the KL to the initial (reference) model")
+    epsilon: PositiveFloat = 0.2
+    epsilon_high: PositiveFloat | None = Field(None, description="upper clip; default epsilon (dapo: 0.28)")
+    rewards: list[str] = Field(default_factory=lambda: ["exact_match"], min_length=1)
+    reward_weights: list[float] | None = None
+    mismatch: Correction = TISCorrection()
+    parity_gate: ParityGate | None = None
+    warm_start: SFTWarmStart | None = None
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> GRPOAlgo:
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(self.rewards)} rewards")
+        return self
+
+
+Algo = Annotated[SFTAlgo | DPOAlgo | GRPOAlgo, Field(discriminator="type")]
 
 
 class OptimConfig(Section):
@@ -75,8 +135,9 @@ class RolloutConfig(Section):
 
     num_workers: PositiveInt = 1
     max_new_tokens: PositiveInt = 16
-    temperature: NonNegativeFloat = 1.0
+    temperature: PositiveFloat = 1.0
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_staleness: int = Field(0, ge=0, description="async: rollouts may lag the learner by this many steps")
 
 
 class EvalConfig(Section):
@@ -136,7 +197,7 @@ class RecipeError(ValueError):
         super().__init__(f"{source}: invalid recipe\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-ALGO_TYPES = ("sft", "dpo")
+ALGO_TYPES = ("sft", "dpo", "grpo")
 
 
 def _fields_at(loc: tuple) -> list[str]:
@@ -154,7 +215,7 @@ def _fields_at(loc: tuple) -> list[str]:
 def _describe(err: dict) -> str:
     loc = tuple(err["loc"])
     if len(loc) >= 2 and loc[0] == "algo" and loc[1] in ALGO_TYPES:
-        algo_cls = {"sft": SFTAlgo, "dpo": DPOAlgo}[loc[1]]
+        algo_cls = {"sft": SFTAlgo, "dpo": DPOAlgo, "grpo": GRPOAlgo}[loc[1]]
         loc = ("algo", *loc[2:])
     else:
         algo_cls = None
@@ -174,8 +235,10 @@ def _describe(err: dict) -> str:
         op = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}.get(bound[0], bound[0])
         return f"{path}: must be {op} {bound[1]}, got {got!r}"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        tag = err.get("ctx", {}).get("tag", got)
-        return f"{path}.type: unknown algo type {tag!r} (fix: one of {', '.join(ALGO_TYPES)})"
+        ctx = err.get("ctx", {})
+        expected = ctx.get("expected_tags", ", ".join(ALGO_TYPES)).replace("'", "")
+        what = loc[-1] if loc else "section"
+        return f"{path}.type: unknown {what} type {ctx.get('tag', got)!r} (fix: one of {expected})"
     if kind == "literal_error":
         return f"{path}: expected {err['ctx']['expected']}, got {got!r}"
     if kind == "missing":

@@ -6,8 +6,9 @@ For tiny models and quick checks after training; large evaluations go through th
 from __future__ import annotations
 
 import torch
-from hyrl.tasks import Example, Task
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from hyrl.tasks import Example, Task
 
 
 @torch.no_grad()

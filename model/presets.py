@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from hyrl.model.tokenizer import save_tokenizer, train_tokenizer
 from transformers import GenerationConfig, OlmoHybridConfig
+
+from hyrl.model.tokenizer import save_tokenizer, train_tokenizer
 
 PRESETS: dict[str, dict] = {
     # ~0.2M parameters: CI-sized; every test and the default recipes use it.

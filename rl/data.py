@@ -6,6 +6,7 @@ import json
 import random
 
 from datasets import Dataset
+
 from hyrl.config import DataConfig
 from hyrl.tasks import Example, get_task
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from transformers import AutoTokenizer
+from trl import DPOConfig, DPOTrainer
+
 from hyrl.config import DPOAlgo
 from hyrl.model.loading import load_causal_lm
 from hyrl.rl.data import dpo_dataset
 from hyrl.rl.run import MetricsCallback, RunContext, finish, resume_point, trainer_args
-from transformers import AutoTokenizer
-from trl import DPOConfig, DPOTrainer
 
 
 def train_dpo(ctx: RunContext) -> None:

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
+
 from hyrl.config import Recipe, dump_recipe
 from hyrl.tracking import MetricsLog
-from transformers import TrainerCallback
 
 
 @dataclass
@@ -21,7 +22,14 @@ class RunContext:
     recipe: Recipe
     run_dir: Path
     init_model_dir: Path
-    metrics: MetricsLog
+    _metrics: MetricsLog | None = None
+
+    @property
+    def metrics(self) -> MetricsLog:
+        """The run's metrics log, opened on first use (in whichever process trains)."""
+        if self._metrics is None:
+            self._metrics = MetricsLog(self.run_dir, tensorboard=self.recipe.logging.tensorboard)
+        return self._metrics
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -52,18 +60,18 @@ def prepare_run(recipe: Recipe) -> RunContext:
     from hyrl.model.presets import build_tiny_model
 
     set_threads()
-    run_dir = recipe.run_dir
+    run_dir = recipe.run_dir.resolve()  # absolute: Ray actors do not share the driver's working directory
     if not recipe.checkpoint.resume:
         _set_aside(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_recipe(recipe, run_dir / "recipe.yaml")
-    init_dir = recipe.model.path
+    init_dir = recipe.model.path.resolve() if recipe.model.path is not None else None
     if init_dir is None:
         init_dir = run_dir / "init"
         if not (init_dir / "config.json").is_file():
             build_tiny_model(init_dir, preset=recipe.model.preset, seed=recipe.seed,
                              implementation=recipe.model.implementation)
-    return RunContext(recipe, run_dir, Path(init_dir), MetricsLog(run_dir, tensorboard=recipe.logging.tensorboard))
+    return RunContext(recipe, run_dir, Path(init_dir))
 
 
 class MetricsCallback(TrainerCallback):

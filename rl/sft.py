@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from transformers import AutoTokenizer
+from trl import SFTConfig, SFTTrainer
+
 from hyrl.config import SFTAlgo
 from hyrl.model.loading import load_causal_lm
 from hyrl.rl.data import sft_dataset
 from hyrl.rl.run import MetricsCallback, RunContext, finish, resume_point, trainer_args
-from transformers import AutoTokenizer
-from trl import SFTConfig, SFTTrainer
 
 
 def train_sft(ctx: RunContext) -> None:

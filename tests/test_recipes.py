@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from hyrl.config import Recipe, RecipeError, apply_overrides, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from hyrl.tasks import TASKS, get_task
 
 

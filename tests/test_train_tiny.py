@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from hyrl.tracking import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,8 +45,9 @@ def test_sft_loss_falls(sft_run: Path) -> None:
 
 @pytest.mark.slow
 def test_final_checkpoint_reloads_with_transformers(sft_run: Path) -> None:
-    from hyrl.model.loading import load_causal_lm
     from transformers import AutoModelForCausalLM
+
+    from hyrl.model.loading import load_causal_lm
 
     ids = torch.randint(0, 300, (2, 12))
     theirs = AutoModelForCausalLM.from_pretrained(sft_run / "final").eval()

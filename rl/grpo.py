@@ -1,0 +1,202 @@
+"""GRPO: hyrl's rollout workers sample, TRL's GRPOTrainer learns, the weights go back to the workers every step.
+
+One step, as TRL drives it through hyrl's hooks:
+
+    PoolRollout.__call__            sync weights if the learner moved, then generate on the RolloutPool
+    TRL + GuardedReward             rewards -> group-relative advantages
+    HyrlGRPOTrainer.compute_loss    learner-vs-rollout mismatch -> per-token correction -> TRL's loss -> step
+    MetricsCallback                 metrics.jsonl + TensorBoard
+
+The learner runs in a Ray actor (``Learner``) beside the rollout workers; the driver places them and waits.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
+from trl import GRPOConfig
+
+from hyrl.config import GRPOAlgo, Recipe
+from hyrl.rl.data import load_examples
+from hyrl.rl.grpo_trainer import HyrlGRPOTrainer
+from hyrl.rl.guard import GuardedReward, RewardFailures
+from hyrl.rl.rewards import get_reward
+from hyrl.rl.run import MetricsCallback, RunContext, resume_point, trainer_args
+from hyrl.rollout.batch import Sampling
+
+# algo.loss -> TRL GRPOConfig settings. gspo is GRPO with sequence-level importance ratios (Zheng et al. 2025);
+# dapo adds the higher upper clip and drops truncated completions (Yu et al. 2025); dr_grpo drops the std scaling.
+LOSSES: dict[str, dict[str, Any]] = {
+    "grpo": dict(loss_type="grpo", scale_rewards="group"),
+    "dr_grpo": dict(loss_type="dr_grpo", scale_rewards="none"),
+    "dapo": dict(loss_type="dapo", scale_rewards="group", mask_truncated_completions=True),
+    "gspo": dict(loss_type="grpo", scale_rewards="group", importance_sampling_level="sequence"),
+}
+
+
+def grpo_dataset(recipe: Recipe) -> Dataset:
+    """Prompts with the fields rewards need (``answer``, ``task``) as extra columns."""
+    examples = load_examples(recipe.data, "train")
+    return Dataset.from_list([{"prompt": e.prompt, "answer": e.answer, "task": recipe.data.task} for e in examples])
+
+
+def grpo_args(ctx: RunContext) -> GRPOConfig:
+    r, algo = ctx.recipe, ctx.recipe.algo
+    assert isinstance(algo, GRPOAlgo)
+    epsilon_high = algo.epsilon_high or (0.28 if algo.loss == "dapo" else algo.epsilon)
+    args = {**trainer_args(ctx), "per_device_train_batch_size": algo.prompts_per_step * algo.num_generations}
+    return GRPOConfig(
+        **args, **LOSSES[algo.loss], num_generations=algo.num_generations,
+        max_completion_length=r.rollout.max_new_tokens, temperature=r.rollout.temperature, top_p=r.rollout.top_p,
+        beta=algo.kl_coef, epsilon=algo.epsilon, epsilon_high=epsilon_high, reward_weights=algo.reward_weights,
+        use_vllm=False, log_completions=False,
+    )
+
+
+class PoolRollout:
+    """TRL's ``rollout_func``: keeps the pool on the learner's weights, then samples the (repeated) prompts."""
+
+    def __init__(self, pool, tokenizer: PreTrainedTokenizerBase, sampling: Sampling):
+        self.pool, self.tokenizer, self.sampling = pool, tokenizer, sampling
+
+    def __call__(self, prompts: list[str], trainer: HyrlGRPOTrainer) -> dict[str, list]:
+        self.sync(trainer)
+        t0 = time.perf_counter()
+        ids = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+        batch = self.pool.generate(ids, self.sampling)
+        seconds = time.perf_counter() - t0
+        trainer.add_metrics({"rollout/seconds": seconds, "rollout/tokens_per_s": batch.num_tokens / seconds,
+                             "rollout/policy_version": batch.policy_version})
+        return {"prompt_ids": batch.prompt_ids, "completion_ids": batch.completion_ids, "logprobs": batch.logprobs}
+
+    def sync(self, trainer: HyrlGRPOTrainer) -> None:
+        """Push the learner's weights when it has stepped since the last push (policy version = learner step)."""
+        step = trainer.state.global_step
+        if step == self.pool.version:
+            return
+        t0 = time.perf_counter()
+        self.pool.update_weights([(k, v.detach()) for k, v in trainer.model.state_dict().items()], version=step)
+        trainer.add_metrics({"sync/seconds": time.perf_counter() - t0})
+
+
+class StepTimer(TrainerCallback):
+    """Wall time per optimizer step and learner throughput, as metrics."""
+
+    def __init__(self, trainer_ref: list):
+        self.trainer_ref, self.t0 = trainer_ref, time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer_ref[0].add_metrics({"time/step_seconds": time.perf_counter() - self.t0})
+
+
+def build_trainer(ctx: RunContext, pool) -> HyrlGRPOTrainer:
+    """TRL's GRPO trainer wired to hyrl's rollout pool, guarded rewards and mismatch correction."""
+    from hyrl.model.loading import load_causal_lm
+
+    r, algo = ctx.recipe, ctx.recipe.algo
+    assert isinstance(algo, GRPOAlgo)
+    tokenizer = AutoTokenizer.from_pretrained(str(ctx.init_model_dir))
+    failures = RewardFailures()
+    rewards = [GuardedReward(name.rpartition(":")[2], get_reward(name), failures) for name in algo.rewards]
+    sampling = Sampling(max_tokens=r.rollout.max_new_tokens, temperature=r.rollout.temperature, top_p=r.rollout.top_p)
+    trainer_ref: list = []
+    trainer = HyrlGRPOTrainer(
+        model=load_causal_lm(ctx.init_model_dir, r.model.implementation), reward_funcs=rewards,
+        args=grpo_args(ctx), train_dataset=grpo_dataset(r), processing_class=tokenizer,
+        rollout_func=PoolRollout(pool, tokenizer, sampling),
+        callbacks=[MetricsCallback(ctx.metrics), StepTimer(trainer_ref)],
+        correction=algo.mismatch, parity_gate=algo.parity_gate, reward_failures=failures,
+    )
+    trainer_ref.append(trainer)
+    return trainer
+
+
+def held_out_accuracy(pool, tokenizer: PreTrainedTokenizerBase, recipe: Recipe) -> float:
+    """Greedy accuracy on the held-out prompts, sampled by the rollout pool's current policy."""
+    from hyrl.tasks import get_task
+
+    examples, task = load_examples(recipe.data, "eval"), get_task(recipe.data.task)
+    ids = [tokenizer(e.prompt, add_special_tokens=False).input_ids for e in examples]
+    batch = pool.generate(ids, Sampling(max_tokens=recipe.rollout.max_new_tokens, temperature=0.0))
+    texts = tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
+    return sum(task.verify(t, e.answer).score for t, e in zip(texts, examples)) / max(1, len(examples))
+
+
+class Learner:
+    """The learner process (a Ray actor): TRL's GRPO trainer, fed by the rollout pool it was handed."""
+
+    def __init__(self, recipe: Recipe, run_dir: str, init_model_dir: str, pool):
+        from hyrl.rl.run import set_threads
+
+        set_threads()
+        self.ctx = RunContext(recipe, Path(run_dir), Path(init_model_dir))
+        self.pool = pool
+
+    def train(self) -> dict[str, float]:
+        from hyrl.rl.run import finish
+
+        trainer = build_trainer(self.ctx, self.pool)
+        before = held_out_accuracy(self.pool, trainer.processing_class, self.ctx.recipe)
+        self.ctx.metrics.log(trainer.state.global_step, {"eval/accuracy": before})
+        trainer.train(resume_from_checkpoint=resume_point(self.ctx))
+        PoolRollout(self.pool, trainer.processing_class, Sampling()).sync(trainer)
+        after = held_out_accuracy(self.pool, trainer.processing_class, self.ctx.recipe)
+        self.ctx.metrics.log(trainer.state.global_step, {"eval/accuracy": after})
+        finish(self.ctx, trainer, ["reward", "eval/accuracy", "mismatch/kl", "time/step_seconds"])
+        return {"accuracy_before": before, "accuracy_after": after, "steps": trainer.state.global_step,
+                "policy_version": self.pool.version}
+
+
+def warm_start(ctx: RunContext) -> RunContext:
+    """Run the recipe's SFT warm start into ``<run_dir>/warm_start`` (once) and start GRPO from its model."""
+    from hyrl.config import OptimConfig, SFTAlgo
+    from hyrl.rl.sft import train_sft
+
+    ws = ctx.recipe.algo.warm_start
+    sft_dir = ctx.run_dir / "warm_start"
+    if not (sft_dir / "final" / "config.json").is_file():
+        sft_recipe = ctx.recipe.model_copy(update={
+            "algo": SFTAlgo(),
+            "optim": OptimConfig(lr=ws.lr, max_steps=ws.steps, batch_size=ws.batch_size, warmup_steps=10),
+            "checkpoint": ctx.recipe.checkpoint.model_copy(update={"every_n_steps": 0, "resume": False}),
+            "logging": ctx.recipe.logging.model_copy(update={"run_dir": sft_dir}),
+        })
+        sft_ctx = RunContext(sft_recipe, sft_dir, ctx.init_model_dir)
+        train_sft(sft_ctx)
+    return RunContext(ctx.recipe, ctx.run_dir, sft_dir / "final")
+
+
+def train_grpo(ctx: RunContext) -> dict[str, float]:
+    """Place a rollout pool and a learner actor on Ray and train; returns the learner's summary."""
+    import ray
+
+    from hyrl.rollout.engine import EngineConfig
+    from hyrl.rollout.pool import PoolConfig, RolloutPool, init_ray
+
+    r = ctx.recipe
+    if r.algo.warm_start is not None:
+        ctx = warm_start(ctx)
+    init_ray(ctx.run_dir, num_cpus=r.rollout.num_workers + 1)
+    pool = None
+    try:
+        engine = EngineConfig(model=str(ctx.init_model_dir), run_dir=str(ctx.run_dir), dtype=r.model.dtype,
+                              state_dtype=r.model.state_dtype, max_model_len=512, seed=r.seed)
+        pool = RolloutPool(engine, PoolConfig(num_workers=r.rollout.num_workers))
+        learner = ray.remote(Learner).options(
+            num_cpus=1, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
+        ).remote(r, str(ctx.run_dir), str(ctx.init_model_dir), pool)
+        summary = ray.get(learner.train.remote())
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        ray.shutdown()
+    print(f"hyrl: {r.name}: held-out accuracy {summary['accuracy_before']:.3f} -> {summary['accuracy_after']:.3f} "
+          f"after {summary['steps']} GRPO steps")
+    return summary

@@ -1,0 +1,77 @@
+"""TRL's GRPOTrainer plus hyrl's train/inference mismatch correction, parity gate and step metrics.
+
+Extension points used (TRL 1.16): ``rollout_func`` (generation by hyrl's rollout workers), ``compute_loss`` (the
+public Trainer hook; TRL accepts advantages of shape [B, T] from subclasses) and ``log``. The correction scales
+each token's advantage by a detached non-negative weight (see ``hyrl.rl.correction``), which scales its clipped
+surrogate by the same weight.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from trl import GRPOTrainer
+
+from hyrl.config import Correction, ParityGate
+from hyrl.rl.correction import importance_weights, mismatch_stats
+from hyrl.rl.guard import RewardFailures
+from hyrl.rl.logprobs import completion_logprobs
+
+
+class ParityGateError(RuntimeError):
+    """Learner and rollout disagree for too long: the rollouts no longer sample the policy being trained."""
+
+
+class HyrlGRPOTrainer(GRPOTrainer):
+    def __init__(self, *args, correction: Correction, parity_gate: ParityGate | None,
+                 reward_failures: RewardFailures, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.correction, self.parity_gate, self.reward_failures = correction, parity_gate, reward_failures
+        self._pending: dict[str, list[float]] = defaultdict(list)
+        self._gate_kl: dict[int, float] = {}
+
+    def add_metrics(self, metrics: dict[str, float]) -> None:
+        """Queue metrics to be averaged into the next logged record (called by the rollout function too)."""
+        for key, value in metrics.items():
+            self._pending[key].append(float(value))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        advantages = inputs["advantages"].float()
+        rollout_logp = inputs.get("sampling_per_token_logps")
+        if rollout_logp is not None:
+            learner_logp = inputs.get("old_per_token_logps")
+            if learner_logp is None:
+                learner_logp = completion_logprobs(model, inputs["prompt_ids"], inputs["prompt_mask"],
+                                                   inputs["completion_ids"], inputs["completion_mask"],
+                                                   self.temperature)
+            mask = inputs["completion_mask"]
+            stats = mismatch_stats(learner_logp, rollout_logp, mask)
+            weights = importance_weights(learner_logp, rollout_logp, mask, self.correction)
+            self.add_metrics({**stats, "mismatch/is_weight_mean": (weights.sum() / mask.sum().clamp(min=1)).item()})
+            self._check_gate(stats["mismatch/kl"])
+            advantages = advantages.view(advantages.shape[0], -1) * weights
+        if self.state.global_step in self.reward_failures.failed_steps:
+            advantages = torch.zeros_like(advantages)
+            self.add_metrics({"reward/skipped_step": 1.0})
+        return super().compute_loss(model, {**inputs, "advantages": advantages}, return_outputs, num_items_in_batch)
+
+    def _check_gate(self, kl: float) -> None:
+        gate = self.parity_gate
+        if gate is None:
+            return
+        step = self.state.global_step
+        self._gate_kl[step] = max(kl, self._gate_kl.get(step, 0.0))
+        recent = [self._gate_kl.get(s) for s in range(step - gate.patience + 1, step + 1)]
+        if all(v is not None and v > gate.max_kl for v in recent):
+            raise ParityGateError(
+                f"parity gate: learner-vs-rollout mismatch KL was above {gate.max_kl:g} for {gate.patience} steps "
+                f"in a row (last {kl:.3g}); the rollouts no longer sample the policy being trained. Check the "
+                "rollout state dtype (model.state_dtype: float32) and weight sync, or raise algo.parity_gate.max_kl."
+            )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        for key, values in self._pending.items():
+            logs[key] = sum(values) / len(values)
+        self._pending.clear()
+        super().log(logs, start_time)
