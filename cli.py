@@ -57,7 +57,7 @@ def _report(ctx) -> None:
     r = ctx.recipe
     model = load_causal_lm(ctx.final_dir, r.model.implementation)
     tokenizer = AutoTokenizer.from_pretrained(str(ctx.final_dir))
-    acc = greedy_accuracy(model, tokenizer, get_task(r.data.task), load_examples(r.data, "eval"),
+    acc = greedy_accuracy(model, tokenizer, get_task(r.data.task, **r.data.task_options), load_examples(r.data, "eval"),
                           r.rollout.max_new_tokens)
     with open(ctx.run_dir / "summary.txt", "w") as f:
         f.write(f"held-out greedy accuracy on {r.data.task}: {acc:.3f}\n")

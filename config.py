@@ -34,6 +34,7 @@ class DataConfig(Section):
     """Prompts and answers from a synthetic task family (or a JSONL file with ``prompt``/``answer`` fields)."""
 
     task: str = "arithmetic"
+    task_options: dict[str, int] = Field(default_factory=dict, description="difficulty knobs, e.g. {max_digits: 1}")
     path: Path | None = None
     num_train: PositiveInt = 512
     num_eval: PositiveInt = 64
@@ -274,6 +275,13 @@ def check_paths(recipe: Recipe) -> list[str]:
             f"model.path: {what} {str(path)!r} (fix: point it at a Hugging Face model folder, or remove it to"
             f" build the tiny '{recipe.model.preset}' preset; for a run's output use <run_dir>/final)"
         )
+    try:
+        from hyrl.tasks import get_task
+
+        get_task(recipe.data.task, **recipe.data.task_options)
+    except KeyError as e:
+        field = "data.task" if "unknown task" in str(e) else "data.task_options"
+        problems.append(f"{field}: {e.args[0]}")
     if recipe.data.path is not None and not recipe.data.path.is_file():
         problems.append(f"data.path: no such file {str(recipe.data.path)!r} (fix: a JSONL file with prompt/answer)")
     return problems

@@ -15,7 +15,7 @@ def load_examples(data: DataConfig, split: str) -> list[Example]:
     """Train or held-out examples: task examples from the split's seed, or rows of ``data.path``."""
     n, seed = (data.num_train, data.train_seed) if split == "train" else (data.num_eval, data.eval_seed)
     if data.path is None:
-        return get_task(data.task).make(n, seed)
+        return get_task(data.task, **data.task_options).make(n, seed)
     rows = [json.loads(line) for line in data.path.read_text().splitlines() if line.strip()]
     rng = random.Random(seed)
     rng.shuffle(rows)
@@ -35,7 +35,7 @@ def sft_dataset(data: DataConfig) -> Dataset:
 
 def dpo_dataset(data: DataConfig, seed: int = 0) -> Dataset:
     """Preference pairs: the correct answer is chosen, a near-miss wrong answer is rejected."""
-    task, rng = get_task(data.task), random.Random(seed)
+    task, rng = get_task(data.task, **data.task_options), random.Random(seed)
     rows = [
         {"prompt": ex.prompt, "chosen": ex.answer, "rejected": task.wrong_answer(ex, rng)}
         for ex in load_examples(data, "train")

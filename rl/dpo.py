@@ -8,7 +8,7 @@ from trl import DPOConfig, DPOTrainer
 from hyrl.config import DPOAlgo
 from hyrl.model.loading import load_causal_lm
 from hyrl.rl.data import dpo_dataset
-from hyrl.rl.run import MetricsCallback, RunContext, finish, resume_point, trainer_args
+from hyrl.rl.run import CompleteCheckpoints, MetricsCallback, RunContext, finish, resume_point, trainer_args
 
 
 def train_dpo(ctx: RunContext) -> None:
@@ -27,7 +27,7 @@ def train_dpo(ctx: RunContext) -> None:
         args=args,
         train_dataset=dpo_dataset(recipe.data, seed=recipe.seed),
         processing_class=tokenizer,
-        callbacks=[MetricsCallback(ctx.metrics)],
+        callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints()],
     )
     trainer.train(resume_from_checkpoint=resume_point(ctx))
     finish(ctx, trainer, ["loss", "rewards/margins", "rewards/accuracies"])

@@ -13,6 +13,7 @@ The learner runs in a Ray actor (``Learner``) beside the rollout workers; the dr
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from hyrl.rl.data import load_examples
 from hyrl.rl.grpo_trainer import HyrlGRPOTrainer
 from hyrl.rl.guard import GuardedReward, RewardFailures
 from hyrl.rl.rewards import get_reward
-from hyrl.rl.run import MetricsCallback, RunContext, resume_point, trainer_args
+from hyrl.rl.rollout_func import PoolRollout
+from hyrl.rl.run import CompleteCheckpoints, MetricsCallback, RunContext, resume_point, trainer_args
 from hyrl.rollout.batch import Sampling
 
 # algo.loss -> TRL GRPOConfig settings. gspo is GRPO with sequence-level importance ratios (Zheng et al. 2025);
@@ -54,33 +56,20 @@ def grpo_args(ctx: RunContext) -> GRPOConfig:
         max_completion_length=r.rollout.max_new_tokens, temperature=r.rollout.temperature, top_p=r.rollout.top_p,
         beta=algo.kl_coef, epsilon=algo.epsilon, epsilon_high=epsilon_high, reward_weights=algo.reward_weights,
         use_vllm=False, log_completions=False,
+        # Task examples are already drawn at random; keeping their order lets async rollouts know the next prompts.
+        shuffle_dataset=False,
     )
 
 
-class PoolRollout:
-    """TRL's ``rollout_func``: keeps the pool on the learner's weights, then samples the (repeated) prompts."""
+def upcoming_prompts(prompts: list[str], per_step: int, repeats: int) -> Callable[[int], list[str]]:
+    """The prompts TRL's unshuffled RepeatSampler hands the rollout at a given step (each repeated ``repeats``x)."""
+    usable = len(prompts) - len(prompts) % per_step
 
-    def __init__(self, pool, tokenizer: PreTrainedTokenizerBase, sampling: Sampling):
-        self.pool, self.tokenizer, self.sampling = pool, tokenizer, sampling
+    def at(step: int) -> list[str]:
+        start = (step * per_step) % usable
+        return [p for p in prompts[start : start + per_step] for _ in range(repeats)]
 
-    def __call__(self, prompts: list[str], trainer: HyrlGRPOTrainer) -> dict[str, list]:
-        self.sync(trainer)
-        t0 = time.perf_counter()
-        ids = [self.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-        batch = self.pool.generate(ids, self.sampling)
-        seconds = time.perf_counter() - t0
-        trainer.add_metrics({"rollout/seconds": seconds, "rollout/tokens_per_s": batch.num_tokens / seconds,
-                             "rollout/policy_version": batch.policy_version})
-        return {"prompt_ids": batch.prompt_ids, "completion_ids": batch.completion_ids, "logprobs": batch.logprobs}
-
-    def sync(self, trainer: HyrlGRPOTrainer) -> None:
-        """Push the learner's weights when it has stepped since the last push (policy version = learner step)."""
-        step = trainer.state.global_step
-        if step == self.pool.version:
-            return
-        t0 = time.perf_counter()
-        self.pool.update_weights([(k, v.detach()) for k, v in trainer.model.state_dict().items()], version=step)
-        trainer.add_metrics({"sync/seconds": time.perf_counter() - t0})
+    return at
 
 
 class StepTimer(TrainerCallback):
@@ -105,13 +94,16 @@ def build_trainer(ctx: RunContext, pool) -> HyrlGRPOTrainer:
     tokenizer = AutoTokenizer.from_pretrained(str(ctx.init_model_dir))
     failures = RewardFailures()
     rewards = [GuardedReward(name.rpartition(":")[2], get_reward(name), failures) for name in algo.rewards]
-    sampling = Sampling(max_tokens=r.rollout.max_new_tokens, temperature=r.rollout.temperature, top_p=r.rollout.top_p)
+    sampling = Sampling(max_tokens=r.rollout.max_new_tokens, temperature=r.rollout.temperature, top_p=r.rollout.top_p,
+                        seed=r.seed)
+    dataset = grpo_dataset(r)
+    rollout = PoolRollout(pool, tokenizer, sampling, max_staleness=r.rollout.max_staleness,
+                          upcoming=upcoming_prompts(dataset["prompt"], algo.prompts_per_step, algo.num_generations))
     trainer_ref: list = []
     trainer = HyrlGRPOTrainer(
         model=load_causal_lm(ctx.init_model_dir, r.model.implementation), reward_funcs=rewards,
-        args=grpo_args(ctx), train_dataset=grpo_dataset(r), processing_class=tokenizer,
-        rollout_func=PoolRollout(pool, tokenizer, sampling),
-        callbacks=[MetricsCallback(ctx.metrics), StepTimer(trainer_ref)],
+        args=grpo_args(ctx), train_dataset=dataset, processing_class=tokenizer, rollout_func=rollout,
+        callbacks=[MetricsCallback(ctx.metrics), StepTimer(trainer_ref), CompleteCheckpoints()],
         correction=algo.mismatch, parity_gate=algo.parity_gate, reward_failures=failures,
     )
     trainer_ref.append(trainer)
@@ -122,7 +114,7 @@ def held_out_accuracy(pool, tokenizer: PreTrainedTokenizerBase, recipe: Recipe) 
     """Greedy accuracy on the held-out prompts, sampled by the rollout pool's current policy."""
     from hyrl.tasks import get_task
 
-    examples, task = load_examples(recipe.data, "eval"), get_task(recipe.data.task)
+    examples, task = load_examples(recipe.data, "eval"), get_task(recipe.data.task, **recipe.data.task_options)
     ids = [tokenizer(e.prompt, add_special_tokens=False).input_ids for e in examples]
     batch = pool.generate(ids, Sampling(max_tokens=recipe.rollout.max_new_tokens, temperature=0.0))
     texts = tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
@@ -139,19 +131,20 @@ class Learner:
         self.ctx = RunContext(recipe, Path(run_dir), Path(init_model_dir))
         self.pool = pool
 
-    def train(self) -> dict[str, float]:
+    def train(self) -> dict[str, Any]:
         from hyrl.rl.run import finish
 
         trainer = build_trainer(self.ctx, self.pool)
         before = held_out_accuracy(self.pool, trainer.processing_class, self.ctx.recipe)
         self.ctx.metrics.log(trainer.state.global_step, {"eval/accuracy": before})
         trainer.train(resume_from_checkpoint=resume_point(self.ctx))
-        PoolRollout(self.pool, trainer.processing_class, Sampling()).sync(trainer)
+        trainer.rollout_func.close()
+        trainer.rollout_func.sync(trainer)
         after = held_out_accuracy(self.pool, trainer.processing_class, self.ctx.recipe)
         self.ctx.metrics.log(trainer.state.global_step, {"eval/accuracy": after})
         finish(self.ctx, trainer, ["reward", "eval/accuracy", "mismatch/kl", "time/step_seconds"])
         return {"accuracy_before": before, "accuracy_after": after, "steps": trainer.state.global_step,
-                "policy_version": self.pool.version}
+                "policy_version": self.pool.version, "reward_failures": trainer.reward_failures.messages}
 
 
 def warm_start(ctx: RunContext) -> RunContext:
@@ -173,7 +166,7 @@ def warm_start(ctx: RunContext) -> RunContext:
     return RunContext(ctx.recipe, ctx.run_dir, sft_dir / "final")
 
 
-def train_grpo(ctx: RunContext) -> dict[str, float]:
+def train_grpo(ctx: RunContext) -> dict[str, Any]:
     """Place a rollout pool and a learner actor on Ray and train; returns the learner's summary."""
     import ray
 
@@ -197,6 +190,8 @@ def train_grpo(ctx: RunContext) -> dict[str, float]:
         if pool is not None:
             pool.shutdown()
         ray.shutdown()
+    for message in summary["reward_failures"]:
+        print(f"hyrl: {message} (that step contributed no gradient)")
     print(f"hyrl: {r.name}: held-out accuracy {summary['accuracy_before']:.3f} -> {summary['accuracy_after']:.3f} "
           f"after {summary['steps']} GRPO steps")
     return summary

@@ -23,13 +23,31 @@ class ParityGateError(RuntimeError):
     """Learner and rollout disagree for too long: the rollouts no longer sample the policy being trained."""
 
 
+class ParityMonitor:
+    """Tracks the worst mismatch KL per learner step; raises once ``patience`` consecutive steps exceed the bound."""
+
+    def __init__(self, gate: ParityGate):
+        self.gate, self.kl_by_step = gate, {}
+
+    def observe(self, step: int, kl: float) -> None:
+        self.kl_by_step[step] = max(kl, self.kl_by_step.get(step, 0.0))
+        window = [self.kl_by_step.get(s) for s in range(step - self.gate.patience + 1, step + 1)]
+        if all(v is not None and v > self.gate.max_kl for v in window):
+            raise ParityGateError(
+                f"parity gate: learner-vs-rollout mismatch KL was above {self.gate.max_kl:g} for "
+                f"{self.gate.patience} steps in a row (last {kl:.3g}); the rollouts no longer sample the policy "
+                "being trained. Check the rollout state dtype (model.state_dtype: float32) and weight sync, or "
+                "raise algo.parity_gate.max_kl."
+            )
+
+
 class HyrlGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, correction: Correction, parity_gate: ParityGate | None,
                  reward_failures: RewardFailures, **kwargs):
         super().__init__(*args, **kwargs)
-        self.correction, self.parity_gate, self.reward_failures = correction, parity_gate, reward_failures
+        self.correction, self.reward_failures = correction, reward_failures
+        self.parity = ParityMonitor(parity_gate) if parity_gate is not None else None
         self._pending: dict[str, list[float]] = defaultdict(list)
-        self._gate_kl: dict[int, float] = {}
 
     def add_metrics(self, metrics: dict[str, float]) -> None:
         """Queue metrics to be averaged into the next logged record (called by the rollout function too)."""
@@ -49,26 +67,13 @@ class HyrlGRPOTrainer(GRPOTrainer):
             stats = mismatch_stats(learner_logp, rollout_logp, mask)
             weights = importance_weights(learner_logp, rollout_logp, mask, self.correction)
             self.add_metrics({**stats, "mismatch/is_weight_mean": (weights.sum() / mask.sum().clamp(min=1)).item()})
-            self._check_gate(stats["mismatch/kl"])
+            if self.parity is not None:
+                self.parity.observe(self.state.global_step, stats["mismatch/kl"])
             advantages = advantages.view(advantages.shape[0], -1) * weights
         if self.state.global_step in self.reward_failures.failed_steps:
             advantages = torch.zeros_like(advantages)
             self.add_metrics({"reward/skipped_step": 1.0})
         return super().compute_loss(model, {**inputs, "advantages": advantages}, return_outputs, num_items_in_batch)
-
-    def _check_gate(self, kl: float) -> None:
-        gate = self.parity_gate
-        if gate is None:
-            return
-        step = self.state.global_step
-        self._gate_kl[step] = max(kl, self._gate_kl.get(step, 0.0))
-        recent = [self._gate_kl.get(s) for s in range(step - gate.patience + 1, step + 1)]
-        if all(v is not None and v > gate.max_kl for v in recent):
-            raise ParityGateError(
-                f"parity gate: learner-vs-rollout mismatch KL was above {gate.max_kl:g} for {gate.patience} steps "
-                f"in a row (last {kl:.3g}); the rollouts no longer sample the policy being trained. Check the "
-                "rollout state dtype (model.state_dtype: float32) and weight sync, or raise algo.parity_gate.max_kl."
-            )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         for key, values in self._pending.items():

@@ -18,7 +18,6 @@ class RewardFailures:
     def report(self, step: int, message: str) -> None:
         self.failed_steps.add(step)
         self.messages.append(f"step {step}: {message}")
-        print(f"hyrl: {message} -- this step contributes no gradient", flush=True)
 
 
 def _sample(prompts: list, completions: list, i: int) -> str:

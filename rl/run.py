@@ -113,12 +113,35 @@ def trainer_args(ctx: RunContext) -> dict:
     )
 
 
+COMPLETE = "hyrl-complete"
+
+
+class CompleteCheckpoints(TrainerCallback):
+    """Marks a checkpoint folder complete once everything in it is written (the marker is written last).
+
+    A crash mid-save leaves a folder without the marker, which ``resume_point`` ignores: checkpoints are atomic
+    from the reader's side.
+    """
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            tmp = folder / f".{COMPLETE}.tmp"
+            tmp.write_text(f"{state.global_step}\n")
+            os.replace(tmp, folder / COMPLETE)
+
+
 def resume_point(ctx: RunContext) -> str | None:
-    """The newest checkpoint to resume from, when the recipe asks to resume and one exists."""
+    """The newest complete checkpoint, when the recipe asks to resume and one exists."""
     if not ctx.recipe.checkpoint.resume:
         return None
-    ckpts = sorted(ctx.checkpoint_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(ckpts[-1]) if ckpts else None
+    ckpts = [p for p in ctx.checkpoint_dir.glob("checkpoint-*") if (p / COMPLETE).is_file()]
+    ckpts.sort(key=lambda p: int(p.name.split("-")[-1]))
+    if not ckpts:
+        print(f"hyrl: checkpoint.resume=true but no complete checkpoint in {ctx.checkpoint_dir}; starting fresh")
+        return None
+    print(f"hyrl: resuming from {ckpts[-1]}")
+    return str(ckpts[-1])
 
 
 def finish(ctx: RunContext, trainer, plot_keys: list[str]) -> None:

@@ -8,7 +8,7 @@ from trl import SFTConfig, SFTTrainer
 from hyrl.config import SFTAlgo
 from hyrl.model.loading import load_causal_lm
 from hyrl.rl.data import sft_dataset
-from hyrl.rl.run import MetricsCallback, RunContext, finish, resume_point, trainer_args
+from hyrl.rl.run import CompleteCheckpoints, MetricsCallback, RunContext, finish, resume_point, trainer_args
 
 
 def train_sft(ctx: RunContext) -> None:
@@ -23,7 +23,7 @@ def train_sft(ctx: RunContext) -> None:
         args=args,
         train_dataset=sft_dataset(recipe.data),
         processing_class=tokenizer,
-        callbacks=[MetricsCallback(ctx.metrics)],
+        callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints()],
     )
     trainer.train(resume_from_checkpoint=resume_point(ctx))
     finish(ctx, trainer, ["loss", "grad_norm", "learning_rate"])

@@ -5,6 +5,8 @@ Each family generates examples deterministically from a seed, so train and held-
 
 from __future__ import annotations
 
+import dataclasses
+
 from hyrl.tasks.arithmetic import Arithmetic
 from hyrl.tasks.base import Example, Task, Verdict
 from hyrl.tasks.parity import Parity
@@ -13,11 +15,19 @@ from hyrl.tasks.reversal import Reversal
 TASKS: dict[str, Task] = {t.name: t for t in (Arithmetic(), Reversal(), Parity())}
 
 
-def get_task(name: str) -> Task:
-    """The registered task family ``name``; an unknown name lists the available ones."""
+def get_task(name: str, **options: int) -> Task:
+    """The registered task family ``name`` with its difficulty options (e.g. ``max_digits=1``).
+
+    An unknown name lists the available tasks; an unknown option lists the task's options.
+    """
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
-    return TASKS[name]
+    task = TASKS[name]
+    known = {f.name for f in dataclasses.fields(task)} - {"name"}
+    bad = sorted(set(options) - known)
+    if bad:
+        raise KeyError(f"task {name!r} has no option {', '.join(bad)}; options: {', '.join(sorted(known))}")
+    return dataclasses.replace(task, **options)
 
 
 def all_task_text(n_per_task: int = 200, seed: int = 0) -> list[str]:

@@ -13,6 +13,9 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+# Without a GPU, Triton kernels run in its interpreter; set before anything imports Triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
 
@@ -28,3 +31,55 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
     from hyrl.model.presets import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model"), preset="tiny", seed=0)
+
+
+# --- rollout (hyrl.rollout): one in-process vLLM engine and one Ray cluster per session, shared by all tests ---
+
+
+@pytest.fixture(scope="session")
+def rollout_run_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Run folder of the session's engines (vLLM compile cache, Ray temp files)."""
+    return tmp_path_factory.mktemp("rollout_run")
+
+
+@pytest.fixture(scope="session")
+def vllm_worker(tiny_model_dir, rollout_run_dir):
+    """An in-process ``RolloutWorker`` (vLLM + hyrl plugin) on the tiny model; 64-token steps force chunked prefill.
+
+    Tests that change its weights must put the checkpoint back (``update_weights(tiny_model_dir)``).
+    """
+    from hyrl.rollout.engine import EngineConfig
+    from hyrl.rollout.worker import RolloutWorker
+
+    cfg = EngineConfig(model=str(tiny_model_dir), run_dir=str(rollout_run_dir), max_num_batched_tokens=64,
+                       max_num_seqs=16)
+    return RolloutWorker(cfg)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(rollout_run_dir):
+    """A local 2-CPU Ray cluster for the session (files under the session's run folder)."""
+    import shutil
+
+    import ray
+
+    from hyrl.rollout.pool import init_ray
+
+    temp = init_ray(rollout_run_dir)
+    yield
+    ray.shutdown()
+    if not temp.is_relative_to(rollout_run_dir):  # a short /tmp folder for Ray's sockets (see init_ray)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def rollout_pool(ray_cluster, tiny_model_dir, rollout_run_dir):
+    """Two ``RolloutWorker`` Ray actors on the tiny model behind a ``RolloutPool``."""
+    from hyrl.rollout.engine import EngineConfig
+    from hyrl.rollout.pool import PoolConfig, RolloutPool
+
+    cfg = EngineConfig(model=str(tiny_model_dir), run_dir=str(rollout_run_dir), max_num_batched_tokens=64,
+                       max_num_seqs=16)
+    pool = RolloutPool(cfg, PoolConfig(num_workers=2, num_cpus_per_worker=0.5))  # leaves Ray CPUs for other actors
+    yield pool
+    pool.shutdown()

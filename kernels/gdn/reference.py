@@ -14,6 +14,8 @@ every document boundary, so no information crosses from one document into the ne
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 
@@ -50,7 +52,7 @@ def gdn_reference(
         q, k = l2norm(q), l2norm(k)
     o = torch.zeros_like(v)
     segments = [(b, 0, q.shape[1]) for b in range(q.shape[0])] if bounds is None else [
-        (0, s, e) for s, e in zip(bounds[:-1], bounds[1:])
+        (0, s, e) for s, e in itertools.pairwise(bounds)
     ]
     finals = []
     for n, (b, start, end) in enumerate(segments):

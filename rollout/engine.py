@@ -1,0 +1,87 @@
+"""Building one vLLM engine for rollouts: the config, the process environment it needs, and the ``LLM`` itself.
+
+Environment facts (PLATFORM.md): on CPU the engine needs ``VLLM_CPU_KVCACHE_SPACE`` (GiB), runs in-process with
+``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (5 s start, 1.7 GiB instead of 33 s, 3 GiB) and keeps its compile cache in
+``VLLM_CACHE_ROOT``. Per-request sampling seeds crash with chunked prefill on CPU, so the seed is the engine's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class EngineConfig:
+    """What a rollout engine is built from; plain data so it crosses into Ray actors as is."""
+
+    model: str
+    run_dir: str  # vLLM cache and logs live under here, never in the repository
+    dtype: str = "float32"
+    state_dtype: str = "float32"  # GDN recurrent state in the cache; "bfloat16" trades accuracy for memory
+    max_model_len: int = 1024
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 256  # small on purpose: prompts longer than this exercise chunked prefill
+    enable_chunked_prefill: bool = True
+    enforce_eager: bool = False
+    seed: int = 0
+    kv_cache_gib: int = 1  # CPU only (VLLM_CPU_KVCACHE_SPACE)
+    gpu_memory_utilization: float = 0.5
+    tensor_parallel_size: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM as is
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def engine_env(cfg: EngineConfig) -> dict[str, str]:
+    """Environment variables an engine process needs (set before vLLM is imported; used as a Ray runtime_env)."""
+    env = {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_CACHE_ROOT": str(Path(cfg.run_dir) / "vllm_cache"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_DO_NOT_TRACK": "1",
+    }
+    if not torch.cuda.is_available():
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gib)
+    return env
+
+
+def apply_engine_env(cfg: EngineConfig) -> None:
+    """Set ``engine_env`` in this process, keeping values the caller already set."""
+    for key, value in engine_env(cfg).items():
+        os.environ.setdefault(key, value)
+
+
+def make_llm(cfg: EngineConfig):
+    """A ``vllm.LLM`` for ``cfg`` (the hyrl plugin is loaded by vLLM through its entry point)."""
+    apply_engine_env(cfg)
+    from vllm import LLM
+
+    from hyrl.rollout.weights import EXTENSION
+
+    kwargs: dict[str, Any] = dict(
+        model=cfg.model,
+        dtype=cfg.dtype,
+        max_model_len=cfg.max_model_len,
+        max_num_seqs=cfg.max_num_seqs,
+        max_num_batched_tokens=cfg.max_num_batched_tokens,
+        enable_chunked_prefill=cfg.enable_chunked_prefill,
+        enable_prefix_caching=False,  # mamba prefix caching would copy states around; rollouts rarely share prefixes
+        enforce_eager=cfg.enforce_eager,
+        seed=cfg.seed,
+        mamba_ssm_cache_dtype=cfg.state_dtype,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        worker_extension_cls=EXTENSION,  # hyrl_load / hyrl_checkpoint_shapes / NCCL receive inside the engine
+    )
+    if torch.cuda.is_available():
+        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    kwargs.update(cfg.extra)
+    return LLM(**kwargs)
