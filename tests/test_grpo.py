@@ -79,7 +79,8 @@ def test_resume_is_exact(default_run: Path, tmp_path: Path) -> None:
     full = tmp_path / "full"
     _train(full, *common)
     resumed = tmp_path / "resumed"
-    shutil.copytree(full, resumed, ignore=shutil.ignore_patterns("checkpoint-4", "final", "metrics.jsonl", "tb"))
+    skip = shutil.ignore_patterns("checkpoint-4", "final", "metrics.jsonl", "tb", "ray", "vllm_cache")
+    shutil.copytree(full, resumed, ignore=skip)
     out = _train(resumed, *common, "checkpoint.resume=true")
     assert "resuming from" in out and "checkpoint-3" in out
     a, b = _steps(full)[4], _steps(resumed)[4]
