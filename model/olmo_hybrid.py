@@ -30,7 +30,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from hyrl.model.attention import Attention, RMSNorm, attention_mask_BTS, rope_cos_sin, uses_rope
 from hyrl.model.cache import HybridCache
 from hyrl.model.gdn import BACKENDS, GatedDeltaNet, gdn_decay_init, position_in_document
-from hyrl.model.state_dict import register_hf_conversion, to_hf_state_dict
+from hyrl.model.state_dict import (
+    CONV_PARTS,
+    HF_SAVED_RENAMES,
+    from_hf_state_dict,
+    register_hf_conversion,
+    to_hf_state_dict,
+)
 
 
 @dataclass
@@ -224,6 +230,16 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         """
         sd = to_hf_state_dict(state_dict if state_dict is not None else self.state_dict(), self.config)
         super().save_pretrained(save_directory, *args, state_dict=sd, save_original_format=False, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Also accept the checkpoint-file layout that ``save_pretrained`` writes (split q/k/v convs).
+
+        HF Trainer resumes by reading ``model.safetensors`` and calling ``load_state_dict(sd, strict=False)``;
+        without this the split convs would be silently skipped and a resumed run would train stale conv weights.
+        """
+        if any(name.endswith(CONV_PARTS) or any(old in name for old in HF_SAVED_RENAMES) for name in state_dict):
+            state_dict = from_hf_state_dict(dict(state_dict), self.config)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

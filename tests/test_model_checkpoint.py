@@ -166,3 +166,21 @@ def test_to_vllm_state_dict_agrees_with_vllm_weight_mapper() -> None:
     for name, parts in stacked.items():
         parts.sort(key=lambda p: order.get(p[0], p[0]) if p[0] is not None else 0)
         assert torch.equal(torch.cat([t for _, t in parts]), ours[name]), name
+
+
+def test_load_state_dict_accepts_the_saved_file_layout(tmp_path: Path) -> None:
+    """HF Trainer resumes with ``model.load_state_dict(load_file(model.safetensors))``: the split convs must load."""
+    from safetensors.torch import load_file
+
+    from hyrl.model.olmo_hybrid import HybridForCausalLM
+    from hyrl.model.presets import preset_config
+
+    config = preset_config("tiny", vocab_size=64, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(1)
+    saved = HybridForCausalLM(config)
+    saved.save_pretrained(tmp_path)
+    torch.manual_seed(2)
+    fresh = HybridForCausalLM(config)
+    fresh.load_state_dict(load_file(tmp_path / "model.safetensors"), strict=True)
+    for (name, a), (_, b) in zip(saved.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(a, b), name
