@@ -137,14 +137,16 @@ class Learner:
         trainer = build_trainer(self.ctx, self.pool)
         before = held_out_accuracy(self.pool, trainer.processing_class, self.ctx.recipe)
         self.ctx.metrics.log(trainer.state.global_step, {"eval/accuracy": before})
-        trainer.train(resume_from_checkpoint=resume_point(self.ctx))
+        resumed_from = resume_point(self.ctx)
+        trainer.train(resume_from_checkpoint=resumed_from)
         trainer.rollout_func.close()
         trainer.rollout_func.sync(trainer)
         after = held_out_accuracy(self.pool, trainer.processing_class, self.ctx.recipe)
         self.ctx.metrics.log(trainer.state.global_step, {"eval/accuracy": after})
         finish(self.ctx, trainer, ["reward", "eval/accuracy", "mismatch/kl", "time/step_seconds"])
         return {"accuracy_before": before, "accuracy_after": after, "steps": trainer.state.global_step,
-                "policy_version": self.pool.version, "reward_failures": trainer.reward_failures.messages}
+                "policy_version": self.pool.version, "reward_failures": trainer.reward_failures.messages,
+                "resumed_from": resumed_from}
 
 
 def warm_start(ctx: RunContext) -> RunContext:
@@ -190,6 +192,8 @@ def train_grpo(ctx: RunContext) -> dict[str, Any]:
         if pool is not None:
             pool.shutdown()
         ray.shutdown()
+    if summary["resumed_from"]:
+        print(f"hyrl: resumed from {summary['resumed_from']}")
     for message in summary["reward_failures"]:
         print(f"hyrl: {message} (that step contributed no gradient)")
     print(f"hyrl: {r.name}: held-out accuracy {summary['accuracy_before']:.3f} -> {summary['accuracy_after']:.3f} "

@@ -82,7 +82,8 @@ def test_resume_is_exact(default_run: Path, tmp_path: Path) -> None:
     skip = shutil.ignore_patterns("checkpoint-4", "final", "metrics.jsonl", "tb", "ray", "vllm_cache")
     shutil.copytree(full, resumed, ignore=skip)
     out = _train(resumed, *common, "checkpoint.resume=true")
-    assert "resuming from" in out and "checkpoint-3" in out
+    assert f"resumed from {resumed / 'checkpoints' / 'checkpoint-3'}" in out
+    assert sorted(_steps(resumed)) == [4], "the resumed run must start after step 3"
     a, b = _steps(full)[4], _steps(resumed)[4]
     for key in ("loss", "grad_norm", "reward", "mismatch/kl"):
         assert b[key] == pytest.approx(a[key], abs=1e-6), key
