@@ -1,4 +1,5 @@
-"""The ``hyrl`` command: ``hyrl train RECIPE [key.path=value ...]``, ``hyrl validate RECIPE``, ``hyrl tiny OUT``."""
+"""The ``hyrl`` command: ``hyrl train RECIPE [key.path=value ...]``, ``hyrl validate RECIPE``,
+``hyrl eval CHECKPOINT ... --tasks a,b``, ``hyrl tiny OUT``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ EXAMPLES = """examples:
   hyrl validate recipes/sft_tiny.yaml
   hyrl train recipes/sft_tiny.yaml optim.max_steps=50 logging.run_dir=runs/quick
   hyrl train recipes/sft_tiny.yaml checkpoint.resume=true
+  hyrl eval runs/sft_tiny/init runs/sft_tiny/final --tasks arithmetic,parity,needle --samples 4
 """
 
 
@@ -28,7 +30,84 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("out", type=Path)
     t.add_argument("--preset", default="tiny")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--dense", action="store_true", help="a dense (all-attention) model of the preset's widths")
+    _eval_parser(sub)
     return p
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _eval_parser(sub) -> None:
+    e = sub.add_parser(
+        "eval", help="evaluate checkpoints on tasks (vLLM rollout workers), with fidelity and cost",
+        description="hyrl eval: score checkpoints on task families, a needle-in-a-haystack recall probe or your "
+                    "own JSONL/Parquet tasks; measure learner-vs-rollout mismatch, rollout tok/s and cache memory "
+                    "per sequence; write results.json, samples.jsonl, report.md and plots to --out.",
+        epilog="examples:\n  hyrl eval runs/sft_tiny/init runs/sft_tiny/final --tasks arithmetic,needle --samples 4\n"
+               "  hyrl eval CKPT --tasks data/gsm8k.jsonl --task-option gsm8k.verifier=math "
+               "--task-option 'gsm8k.template=Q: {question}\\nA: '\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("checkpoints", nargs="+", type=Path, help="HF model folders (e.g. <run_dir>/final)")
+    e.add_argument("--tasks", default="arithmetic",
+                   help="comma-separated task families (arithmetic, reversal, parity, needle) or .jsonl/.parquet files")
+    e.add_argument("--task-option", action="append", default=[], metavar="TASK.KEY=VALUE",
+                   help="a task option, e.g. arithmetic.max_digits=1 or gsm8k.verifier=math (repeatable)")
+    e.add_argument("--samples", type=int, default=1, help="samples per prompt; pass@k is reported up to k")
+    e.add_argument("--num-examples", type=int, default=64)
+    e.add_argument("--max-new-tokens", type=int, default=16)
+    e.add_argument("--temperature", type=float, default=None, help="default: 0 for one sample, 1 for several")
+    e.add_argument("--seed", type=int, default=10_000, help="held-out example seed (training uses 0)")
+    e.add_argument("--context-words", type=_ints, default=[32, 64, 128], help="needle haystack sizes, in words")
+    e.add_argument("--memory-lengths", type=_ints, default=[128, 512, 1024],
+                   help="context lengths for the cache-memory measurement ('' skips it)")
+    e.add_argument("--probe-prompts", type=int, default=16, help="mismatch probe size (0 skips)")
+    e.add_argument("--throughput-prompts", type=int, default=16, help="throughput probe size (0 skips)")
+    e.add_argument("--baseline", type=Path, default=None, help="a dense model folder to compare cost against")
+    e.add_argument("--num-workers", type=int, default=1, help="rollout workers (Ray actors)")
+    e.add_argument("--enforce-eager", action="store_true", help="no graph compilation in vLLM (faster start)")
+    e.add_argument("--out", type=Path, default=None, help="results folder (default runs/eval/<UTC time>)")
+    e.add_argument("--no-progress", action="store_true")
+
+
+def _task_options(items: list[str]) -> dict[str, dict]:
+    """``["gsm8k.verifier=math", "arithmetic.max_digits=1"]`` -> {"gsm8k": {"verifier": "math"}, ...}."""
+    import yaml
+
+    out: dict[str, dict] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        task, dot, name = key.partition(".")
+        if not (eq and dot and task and name):
+            raise ValueError(f"--task-option {item!r}: expected TASK.KEY=VALUE, e.g. arithmetic.max_digits=1")
+        parsed = yaml.safe_load(value) if name != "template" else value.encode().decode("unicode_escape")
+        out.setdefault(task, {})[name] = parsed
+    return out
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """``hyrl eval``: exit 2 with the reason for a bad checkpoint, task or option; 0 when results are written."""
+    from datetime import UTC, datetime
+
+    from hyrl.eval.checkpoint import CheckpointError
+    from hyrl.eval.run import EvalSettings, run_eval
+
+    try:
+        settings = EvalSettings(
+            tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], task_options=_task_options(args.task_option),
+            num_examples=args.num_examples, samples=args.samples, temperature=args.temperature,
+            max_new_tokens=args.max_new_tokens, seed=args.seed, context_words=args.context_words,
+            probe_prompts=args.probe_prompts, throughput_prompts=args.throughput_prompts,
+            memory_lengths=args.memory_lengths)
+        out = args.out or Path("runs") / "eval" / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        results = run_eval(args.checkpoints, settings, out, baseline=args.baseline, progress=not args.no_progress,
+                           num_workers=args.num_workers, enforce_eager=args.enforce_eager)
+    except (CheckpointError, KeyError, ValueError, FileNotFoundError) as e:
+        print(f"hyrl eval: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    print(f"hyrl eval: {len(results['checkpoints'])} checkpoint(s) -> {out / 'report.md'}")
+    return 0
 
 
 def train(recipe: Recipe) -> None:
@@ -68,10 +147,13 @@ def _report(ctx) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "tiny":
-        from hyrl.model.presets import build_tiny_model
+        from hyrl.model.presets import build_tiny_dense_model, build_tiny_model
 
-        print(build_tiny_model(args.out, preset=args.preset, seed=args.seed))
+        build = build_tiny_dense_model if args.dense else build_tiny_model
+        print(build(args.out, preset=args.preset, seed=args.seed))
         return 0
+    if args.command == "eval":
+        return evaluate(args)
     try:
         recipe = load_recipe(args.recipe, args.overrides)
     except RecipeError as e:

@@ -8,7 +8,7 @@ path and the fix, e.g. ``algo.beta: expected a number, got 'high'``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
@@ -142,8 +142,16 @@ class RolloutConfig(Section):
 
 
 class EvalConfig(Section):
+    """In-loop evaluation (``hyrl eval`` takes the same settings as flags)."""
+
     every_n_steps: int = Field(0, ge=0, description="0 disables in-loop evaluation")
-    num_samples: PositiveInt = 1
+    tasks: list[str] = Field(default_factory=list, description="task families or files; default: data.task")
+    task_options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per task, e.g. "
+                                                    "{arithmetic: {max_digits: 1}}; default: data.task_options")
+    num_examples: PositiveInt = 64
+    num_samples: PositiveInt = Field(1, description="samples per prompt; pass@k is logged up to this k")
+    temperature: NonNegativeFloat | None = Field(None, description="default: 0 for one sample, 1 for several")
+    max_new_tokens: PositiveInt | None = Field(None, description="default: rollout.max_new_tokens")
 
 
 class CheckpointConfig(Section):
@@ -282,6 +290,15 @@ def check_paths(recipe: Recipe) -> list[str]:
     except KeyError as e:
         field = "data.task" if "unknown task" in str(e) else "data.task_options"
         problems.append(f"{field}: {e.args[0]}")
+    for i, name in enumerate(recipe.eval.tasks):
+        try:
+            from hyrl.eval.run import EvalSettings, build_tasks
+
+            build_tasks(EvalSettings(tasks=[name], task_options=recipe.eval.task_options))
+        except KeyError as e:
+            problems.append(f"eval.tasks[{i}]: {e.args[0]}")
+        except (ValueError, OSError) as e:
+            problems.append(f"eval.tasks[{i}]: {e}")
     if recipe.data.path is not None and not recipe.data.path.is_file():
         problems.append(f"data.path: no such file {str(recipe.data.path)!r} (fix: a JSONL file with prompt/answer)")
     return problems

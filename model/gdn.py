@@ -88,7 +88,8 @@ def causal_conv1d(
         if pos_T is not None:
             tap_BTC = tap_BTC * (pos_T >= lag)[None, :, None]
         y_BTC = y_BTC + tap_BTC
-    new_state_BCW = xp_BTC[:, -(W - 1) :].transpose(1, 2).to(x_BTC.dtype)
+    # a copy, not a view: a view would keep the whole [B, T + W - 1, C] input alive in the decode cache
+    new_state_BCW = xp_BTC[:, -(W - 1) :].transpose(1, 2).to(x_BTC.dtype).clone(memory_format=torch.contiguous_format)
     return F.silu(y_BTC).to(x_BTC.dtype), new_state_BCW
 
 

@@ -69,3 +69,31 @@ def build_tiny_model(
     ).save_pretrained(str(out_dir))
     save_tokenizer(tokenizer, out_dir)
     return out_dir
+
+
+def build_tiny_dense_model(out_dir: Path, *, preset: str = "tiny", seed: int = 0, num_hidden_layers: int | None = None,
+                           vocab_size: int = 512) -> Path:
+    """A dense transformer (Llama architecture: every layer attention) matching a hybrid preset's widths, with the
+    same locally trained tokenizer: the dense baseline for memory/throughput, and a teacher for distillation tests.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hyrl.tasks import all_task_text
+
+    out_dir = Path(out_dir)
+    p = PRESETS[preset]
+    tokenizer = train_tokenizer(all_task_text(), vocab_size=vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=p["hidden_size"], intermediate_size=p["intermediate_size"],
+        num_hidden_layers=num_hidden_layers or p["num_hidden_layers"], num_attention_heads=p["num_attention_heads"],
+        num_key_value_heads=p["num_key_value_heads"], max_position_embeddings=p["max_position_embeddings"],
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).float().save_pretrained(str(out_dir))
+    GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id
+    ).save_pretrained(str(out_dir))
+    save_tokenizer(tokenizer, out_dir)
+    return out_dir

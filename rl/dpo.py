@@ -6,6 +6,7 @@ from transformers import AutoTokenizer
 from trl import DPOConfig, DPOTrainer
 
 from hyrl.config import DPOAlgo
+from hyrl.eval.in_loop import eval_callbacks
 from hyrl.model.loading import load_causal_lm
 from hyrl.rl.data import dpo_dataset
 from hyrl.rl.run import CompleteCheckpoints, MetricsCallback, RunContext, finish, resume_point, trainer_args
@@ -27,7 +28,7 @@ def train_dpo(ctx: RunContext) -> None:
         args=args,
         train_dataset=dpo_dataset(recipe.data, seed=recipe.seed),
         processing_class=tokenizer,
-        callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints()],
+        callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints(), *eval_callbacks(ctx)],
     )
     trainer.train(resume_from_checkpoint=resume_point(ctx))
     finish(ctx, trainer, ["loss", "rewards/margins", "rewards/accuracies"])

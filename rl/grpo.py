@@ -22,6 +22,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, TrainerCallback
 from trl import GRPOConfig
 
 from hyrl.config import GRPOAlgo, Recipe
+from hyrl.eval.in_loop import eval_callbacks
 from hyrl.rl.data import load_examples
 from hyrl.rl.grpo_trainer import HyrlGRPOTrainer
 from hyrl.rl.guard import GuardedReward, RewardFailures
@@ -103,11 +104,20 @@ def build_trainer(ctx: RunContext, pool) -> HyrlGRPOTrainer:
     trainer = HyrlGRPOTrainer(
         model=load_causal_lm(ctx.init_model_dir, r.model.implementation), reward_funcs=rewards,
         args=grpo_args(ctx), train_dataset=dataset, processing_class=tokenizer, rollout_func=rollout,
-        callbacks=[MetricsCallback(ctx.metrics), StepTimer(trainer_ref), CompleteCheckpoints()],
+        callbacks=[MetricsCallback(ctx.metrics), StepTimer(trainer_ref), CompleteCheckpoints(),
+                   *eval_callbacks(ctx, lambda model, tok: _synced(rollout, trainer_ref[0], pool, tok))],
         correction=algo.mismatch, parity_gate=algo.parity_gate, reward_failures=failures,
     )
     trainer_ref.append(trainer)
     return trainer
+
+
+def _synced(rollout: PoolRollout, trainer, pool, tokenizer: PreTrainedTokenizerBase):
+    """In-loop evaluation samples from the rollout pool, first brought up to the learner's weights."""
+    from hyrl.eval.generate import EngineGenerator
+
+    rollout.sync(trainer)
+    return EngineGenerator(pool, tokenizer)
 
 
 def held_out_accuracy(pool, tokenizer: PreTrainedTokenizerBase, recipe: Recipe) -> float:
@@ -151,7 +161,7 @@ class Learner:
 
 def warm_start(ctx: RunContext) -> RunContext:
     """Run the recipe's SFT warm start into ``<run_dir>/warm_start`` (once) and start GRPO from its model."""
-    from hyrl.config import OptimConfig, SFTAlgo
+    from hyrl.config import EvalConfig, OptimConfig, SFTAlgo
     from hyrl.rl.sft import train_sft
 
     ws = ctx.recipe.algo.warm_start
@@ -161,6 +171,7 @@ def warm_start(ctx: RunContext) -> RunContext:
             "algo": SFTAlgo(),
             "optim": OptimConfig(lr=ws.lr, max_steps=ws.steps, batch_size=ws.batch_size, warmup_steps=10),
             "checkpoint": ctx.recipe.checkpoint.model_copy(update={"every_n_steps": 0, "resume": False}),
+            "eval": EvalConfig(),  # GRPO's in-loop evaluation is for GRPO steps
             "logging": ctx.recipe.logging.model_copy(update={"run_dir": sft_dir}),
         })
         sft_ctx = RunContext(sft_recipe, sft_dir, ctx.init_model_dir)

@@ -152,4 +152,7 @@ def finish(ctx: RunContext, trainer, plot_keys: list[str]) -> None:
     save_causal_lm(trainer.model, ctx.final_dir)
     trainer.processing_class.save_pretrained(str(ctx.final_dir))
     ctx.metrics.close()
-    plot_metrics(read_metrics(ctx.metrics.path), plot_keys, ctx.run_dir / "curves.png", title=ctx.recipe.name)
+    records = read_metrics(ctx.metrics.path)
+    evals = sorted({k for r in records for k in r if k.startswith("eval/") and k.endswith("/accuracy")})
+    plot_metrics(records, [*plot_keys, *(k for k in evals if k not in plot_keys)], ctx.run_dir / "curves.png",
+                 title=ctx.recipe.name)

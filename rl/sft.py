@@ -6,6 +6,7 @@ from transformers import AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from hyrl.config import SFTAlgo
+from hyrl.eval.in_loop import eval_callbacks
 from hyrl.model.loading import load_causal_lm
 from hyrl.rl.data import sft_dataset
 from hyrl.rl.run import CompleteCheckpoints, MetricsCallback, RunContext, finish, resume_point, trainer_args
@@ -23,7 +24,7 @@ def train_sft(ctx: RunContext) -> None:
         args=args,
         train_dataset=sft_dataset(recipe.data),
         processing_class=tokenizer,
-        callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints()],
+        callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints(), *eval_callbacks(ctx)],
     )
     trainer.train(resume_from_checkpoint=resume_point(ctx))
     finish(ctx, trainer, ["loss", "grad_norm", "learning_rate"])

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -83,3 +86,31 @@ def rollout_pool(ray_cluster, tiny_model_dir, rollout_run_dir):
     pool = RolloutPool(cfg, PoolConfig(num_workers=2, num_cpus_per_worker=0.5))  # leaves Ray CPUs for other actors
     yield pool
     pool.shutdown()
+
+
+# --- training runs through the real CLI, shared by the tests that need a trained checkpoint ---
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_recipe(recipe: str, run_dir: Path, *overrides: str) -> None:
+    """``hyrl train recipes/<recipe> logging.run_dir=<run_dir> ...`` in a child process; fails the test on error."""
+    cmd = [sys.executable, "-m", "hyrl.cli", "train", str(ROOT / "recipes" / recipe),
+           f"logging.run_dir={run_dir}", "logging.progress=false", *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=run_dir.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def train():
+    """``train(recipe, run_dir, *overrides)``: a recipe run through the real CLI (see ``train_recipe``)."""
+    return train_recipe
+
+
+@pytest.fixture(scope="session")
+def sft_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default SFT recipe trained once per session (~1 min): ``init/`` is its untrained start, ``final/`` the
+    result."""
+    run_dir = tmp_path_factory.mktemp("train") / "sft"
+    train_recipe("sft_tiny.yaml", run_dir)
+    return run_dir

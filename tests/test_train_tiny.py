@@ -3,8 +3,6 @@ outputs are ordinary HF folders."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,22 +13,8 @@ from hyrl.tracking import read_metrics
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _train(recipe: str, run_dir: Path, *overrides: str) -> None:
-    cmd = [sys.executable, "-m", "hyrl.cli", "train", str(ROOT / "recipes" / recipe),
-           f"logging.run_dir={run_dir}", "logging.progress=false", *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=run_dir.parent)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
 def _series(run_dir: Path, key: str) -> list[float]:
     return [r[key] for r in read_metrics(run_dir / "metrics.jsonl") if key in r]
-
-
-@pytest.fixture(scope="module")
-def sft_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run_dir = tmp_path_factory.mktemp("train") / "sft"
-    _train("sft_tiny.yaml", run_dir)
-    return run_dir
 
 
 @pytest.mark.slow
@@ -41,6 +25,9 @@ def test_sft_loss_falls(sft_run: Path) -> None:
     for name in ("recipe.yaml", "curves.png", "summary.txt", "final/config.json", "final/tokenizer.json"):
         assert (sft_run / name).is_file(), name
     assert list((sft_run / "tb").glob("events.out.tfevents.*")), "TensorBoard events missing"
+    in_loop = _series(sft_run, "eval/arithmetic/accuracy")  # the recipe's eval: section, every 100 steps
+    assert len(in_loop) == 3 and (sft_run / "eval" / "step-300" / "results.json").is_file()
+    assert in_loop[-1] > in_loop[0], f"in-loop held-out accuracy {in_loop}"
 
 
 @pytest.mark.slow
@@ -57,9 +44,9 @@ def test_final_checkpoint_reloads_with_transformers(sft_run: Path) -> None:
 
 
 @pytest.mark.slow
-def test_dpo_margin_rises_from_sft(sft_run: Path) -> None:
+def test_dpo_margin_rises_from_sft(sft_run: Path, train) -> None:
     run_dir = sft_run.parent / "dpo"
-    _train("dpo_tiny.yaml", run_dir, f"model.path={sft_run / 'final'}")
+    train("dpo_tiny.yaml", run_dir, f"model.path={sft_run / 'final'}")
     margins = _series(run_dir, "rewards/margins")
     assert len(margins) >= 6
     early, late = sum(margins[:3]) / 3, sum(margins[-3:]) / 3
@@ -68,11 +55,11 @@ def test_dpo_margin_rises_from_sft(sft_run: Path) -> None:
 
 
 @pytest.mark.slow
-def test_resume_continues_from_the_last_checkpoint(tmp_path: Path) -> None:
+def test_resume_continues_from_the_last_checkpoint(tmp_path: Path, train) -> None:
     run_dir = tmp_path / "resume"
     common = ["optim.max_steps=20", "checkpoint.every_n_steps=10", "data.num_train=256", "logging.every_n_steps=2"]
-    _train("sft_tiny.yaml", run_dir, *common)
-    _train("sft_tiny.yaml", run_dir, *common[1:], "optim.max_steps=30", "checkpoint.resume=true")
+    train("sft_tiny.yaml", run_dir, *common)
+    train("sft_tiny.yaml", run_dir, *common[1:], "optim.max_steps=30", "checkpoint.resume=true")
     steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 30, steps
     assert (run_dir / "checkpoints" / "checkpoint-30" / "hyrl-complete").is_file()
