@@ -53,7 +53,8 @@ def test_in_child() -> None:
 TOL_FP32 = {"o": 5e-5, "final": 5e-5, "q": 5e-5, "k": 5e-5, "v": 5e-5, "g": 2e-4, "beta": 5e-5, "h0": 5e-5}
 TOL_GPU_FP32 = dict.fromkeys(TOL_FP32, 5e-3)
 # bf16: h, dh, E and dE are stored in bf16 (as FLA does); dg and dbeta sum many such products with cancellation,
-# so they get a looser bound (measured 2.9e-2 on an H100; FLA's own dg/dbeta differ from ours by ~2.3e-2)
+# so they get a looser bound (measured 2.3e-3 / 3.0e-3 at 96/192 on an H100 once the WY-backward race was fixed, see
+# docs/perf.md; before it they moved between 3e-3 and 1.5e-2, which the determinism test below catches)
 TOL_GPU_BF16 = dict.fromkeys(TOL_FP32, 2e-2) | {"g": 5e-2, "beta": 5e-2}
 TOL = TOL_GPU_FP32 if ON_GPU else TOL_FP32
 TIGHT = 5e-3 if ON_GPU else 1e-5  # chunk-vs-sequential bound for single tensors

@@ -649,7 +649,12 @@ def _bwd_wy_kernel(k, v, beta, gc, Ai, dw, du, dk, dv, db, dg_part, dg, scratch,
         b_dw = _load_rows(dw, bos, T_n, i_h, i_t, i_k, H, K, BT, BK)
         b_kb = (b_k * (b_b * b_gam)[:, None]).to(b_k.dtype)
         b_dT += tl.dot(b_dw.to(b_k.dtype), tl.trans(b_kb))
-        b_kk += tl.dot(b_k, tl.trans(b_k))
+        # K K^T from a register copy of the slab, not from the slab's pipelined shared-memory buffer: Triton 3.6 on
+        # Hopper gives that buffer 2 stages and leaves this loop-carried wgmma in flight while the prefetch of slab
+        # i + 2 overwrites the buffer it reads, a race that made dbeta and dg change between identical runs
+        # (docs/perf.md). The where is an identity (rows past T_n are loaded as 0) that keeps b_k off that buffer.
+        b_kr = tl.where(m_t[:, None], b_k, 0.0).to(b_k.dtype)
+        b_kk += tl.dot(b_kr, tl.trans(b_kr))
     for i_v in range(tl.cdiv(V, BV)):
         b_v = _load_rows(v, bos, T_n, i_h, i_t, i_v, H, V, BT, BV)
         b_du = _load_rows(du, bos, T_n, i_h, i_t, i_v, H, V, BT, BV).to(b_v.dtype)
