@@ -32,7 +32,58 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--dense", action="store_true", help="a dense (all-attention) model of the preset's widths")
     _eval_parser(sub)
+    _teachers_parser(sub)
     return p
+
+
+def _teachers_parser(sub) -> None:
+    t = sub.add_parser("teachers", help="compare teachers for a student")
+    tsub = t.add_subparsers(dest="teachers_command", required=True)
+    r = tsub.add_parser(
+        "rank", help="rank teachers by the student's held-out gain after a short distillation",
+        description="hyrl teachers rank: per teacher, its accuracy, the student-teacher KL before training, and the "
+                    "student's held-out gain and loss drop after the same short distillation; writes ranking.json, "
+                    "ranking.md and ranking.png.",
+        epilog="example:\n  hyrl teachers rank --student runs/sft_tiny/final --teachers runs/teacher_tiny/final,"
+               "runs/teacher_weak/final --prompts arithmetic --task-option max_digits=1\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("--student", type=Path, required=True, help="the student's HF model folder")
+    r.add_argument("--teachers", required=True, help="comma-separated teacher model folders")
+    r.add_argument("--prompts", default="arithmetic", help="a task family, or a JSONL file of prompt/answer rows")
+    r.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE")
+    r.add_argument("--mode", default="auto", choices=["auto", "offline", "logit_kd"],
+                   help="auto: logit_kd when the tokenizers match, else offline")
+    r.add_argument("--steps", type=int, default=60, help="distillation steps per teacher (the same for all)")
+    r.add_argument("--lr", type=float, default=3e-3)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", type=Path, default=Path("runs/teachers"))
+
+
+def rank(args: argparse.Namespace) -> int:
+    """``hyrl teachers rank``: exit 2 naming a missing folder; prints the ranking table."""
+    import yaml
+
+    from hyrl.eval.checkpoint import CheckpointError, check_checkpoint
+    from hyrl.rl.rank_teachers import RankSettings, rank_teachers, ranking_table
+
+    try:
+        teachers = [check_checkpoint(t.strip()) for t in args.teachers.split(",") if t.strip()]
+        student = check_checkpoint(args.student)
+        options = {}
+        for item in args.task_option:
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ValueError(f"--task-option {item!r}: expected KEY=VALUE, e.g. max_digits=1")
+            options[key] = yaml.safe_load(value)
+    except (CheckpointError, ValueError) as e:
+        print(f"hyrl teachers rank: {e}", file=sys.stderr)
+        return 2
+    settings = RankSettings(student=student, teachers=teachers, prompts=args.prompts, task_options=options,
+                            mode=args.mode, steps=args.steps, lr=args.lr, seed=args.seed)
+    rows = rank_teachers(settings, args.out)
+    print(ranking_table(rows), end="")
+    print(f"hyrl teachers rank: {args.out / 'ranking.md'}, {args.out / 'ranking.png'}")
+    return 0
 
 
 def _ints(text: str) -> list[int]:
@@ -119,6 +170,8 @@ def train(recipe: Recipe) -> None:
         from hyrl.rl.sft import train_sft as run
     elif recipe.algo.type == "dpo":
         from hyrl.rl.dpo import train_dpo as run
+    elif recipe.algo.type == "distill":
+        from hyrl.rl.distill import train_distill as run
     else:
         from hyrl.rl.grpo import train_grpo as run
     run(ctx)
@@ -154,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "eval":
         return evaluate(args)
+    if args.command == "teachers":
+        return rank(args)
     try:
         recipe = load_recipe(args.recipe, args.overrides)
     except RecipeError as e:
@@ -162,7 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         print(f"hyrl: {args.recipe} is valid ({recipe.algo.type}, run folder {recipe.run_dir})")
         return 0
-    train(recipe)
+    from hyrl.rl.teacher import TeacherError
+
+    try:
+        train(recipe)
+    except TeacherError as e:
+        print(f"hyrl: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

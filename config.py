@@ -24,6 +24,8 @@ class ModelConfig(Section):
 
     path: Path | None = None
     preset: Literal["tiny", "small"] = "tiny"
+    architecture: Literal["hybrid", "dense"] = Field("hybrid", description="preset only: 'dense' builds an "
+                                                     "all-attention model of the preset's widths (e.g. a teacher)")
     implementation: Literal["hyrl", "transformers"] = "hyrl"
     dtype: Literal["float32", "bfloat16"] = "float32"
     # The recurrent state stays fp32 by default: a bf16 state drifts from the learner's numbers over long rollouts.
@@ -118,7 +120,50 @@ class GRPOAlgo(Section):
         return self
 
 
-Algo = Annotated[SFTAlgo | DPOAlgo | GRPOAlgo, Field(discriminator="type")]
+class TeacherConfig(Section):
+    """The model a student distills from: a local HF folder, or (offline mode) an OpenAI-compatible server."""
+
+    path: Path | None = Field(None, description="HF model folder (any causal LM: dense, hybrid, MoE)")
+    server: str | None = Field(None, description="base URL of an OpenAI-compatible server, e.g. http://host:8000/v1")
+    model: str | None = Field(None, description="model name to request from the server")
+    temperature: NonNegativeFloat = Field(0.0, description="offline: teacher sampling temperature (0 = greedy)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherConfig:
+        if (self.path is None) == (self.server is None):
+            raise ValueError("set exactly one of teacher.path (a model folder) or teacher.server (a URL)")
+        return self
+
+
+class DistillAlgo(Section):
+    """Distillation from a chosen teacher.
+
+    offline: the teacher answers the training prompts (rollout workers or a server); the student is SFT-trained on
+    those answers. on_policy: the student samples (rollout workers), the teacher scores the student's sequences,
+    and the loss is the per-token reverse KL(student || teacher) at every sampled position (GRPO's pipeline).
+    logit_kd: forward KL to the teacher's top-k next-token distribution on the data's prompt + answer sequences.
+    """
+
+    type: Literal["distill"] = "distill"
+    mode: Literal["offline", "on_policy", "logit_kd"] = "offline"
+    teacher: TeacherConfig
+    max_length: PositiveInt = 64
+    filter_correct: bool = Field(False, description="offline: keep only teacher answers the task verifier accepts")
+    top_k: PositiveInt = Field(8, description="logit_kd: teacher log-probs kept per position")
+    num_generations: int = Field(4, ge=2, description="on_policy: student samples per prompt")
+    prompts_per_step: PositiveInt = 8
+    mismatch: Correction = TISCorrection()
+    warm_start: SFTWarmStart | None = Field(None, description="on_policy: SFT on the task first")
+
+    @model_validator(mode="after")
+    def _server_is_offline_only(self) -> DistillAlgo:
+        if self.teacher.server is not None and self.mode != "offline":
+            raise ValueError(f"mode {self.mode} needs the teacher's log-probs on the student's tokens; a server "
+                             "teacher only works with mode: offline (or give teacher.path)")
+        return self
+
+
+Algo = Annotated[SFTAlgo | DPOAlgo | GRPOAlgo | DistillAlgo, Field(discriminator="type")]
 
 
 class OptimConfig(Section):
@@ -299,6 +344,11 @@ def check_paths(recipe: Recipe) -> list[str]:
             problems.append(f"eval.tasks[{i}]: {e.args[0]}")
         except (ValueError, OSError) as e:
             problems.append(f"eval.tasks[{i}]: {e}")
+    teacher = getattr(recipe.algo, "teacher", None)
+    if teacher is not None and teacher.path is not None and not (teacher.path / "config.json").is_file():
+        what = "no such folder" if not teacher.path.exists() else "no config.json in folder"
+        problems.append(f"algo.teacher.path: {what} {str(teacher.path)!r} (fix: a Hugging Face model folder, e.g. "
+                        "a teacher's <run_dir>/final)")
     if recipe.data.path is not None and not recipe.data.path.is_file():
         problems.append(f"data.path: no such file {str(recipe.data.path)!r} (fix: a JSONL file with prompt/answer)")
     return problems

@@ -86,8 +86,9 @@ class StepTimer(TrainerCallback):
         self.trainer_ref[0].add_metrics({"time/step_seconds": time.perf_counter() - self.t0})
 
 
-def build_trainer(ctx: RunContext, pool) -> HyrlGRPOTrainer:
-    """TRL's GRPO trainer wired to hyrl's rollout pool, guarded rewards and mismatch correction."""
+def build_trainer(ctx: RunContext, pool, teacher_dir: Path | None = None) -> HyrlGRPOTrainer:
+    """TRL's GRPO trainer wired to hyrl's rollout pool, guarded rewards and mismatch correction (and, for on-policy
+    distillation, a teacher that sets each token's advantage)."""
     from hyrl.model.loading import load_causal_lm
 
     r, algo = ctx.recipe, ctx.recipe.algo
@@ -107,6 +108,7 @@ def build_trainer(ctx: RunContext, pool) -> HyrlGRPOTrainer:
         callbacks=[MetricsCallback(ctx.metrics), StepTimer(trainer_ref), CompleteCheckpoints(),
                    *eval_callbacks(ctx, lambda model, tok: _synced(rollout, trainer_ref[0], pool, tok))],
         correction=algo.mismatch, parity_gate=algo.parity_gate, reward_failures=failures,
+        teacher=load_causal_lm(teacher_dir, "hyrl") if teacher_dir is not None else None,
     )
     trainer_ref.append(trainer)
     return trainer
@@ -134,17 +136,18 @@ def held_out_accuracy(pool, tokenizer: PreTrainedTokenizerBase, recipe: Recipe) 
 class Learner:
     """The learner process (a Ray actor): TRL's GRPO trainer, fed by the rollout pool it was handed."""
 
-    def __init__(self, recipe: Recipe, run_dir: str, init_model_dir: str, pool):
+    def __init__(self, recipe: Recipe, run_dir: str, init_model_dir: str, pool, teacher_dir: str | None = None):
         from hyrl.rl.run import set_threads
 
         set_threads()
         self.ctx = RunContext(recipe, Path(run_dir), Path(init_model_dir))
         self.pool = pool
+        self.teacher_dir = Path(teacher_dir) if teacher_dir is not None else None
 
     def train(self) -> dict[str, Any]:
         from hyrl.rl.run import finish
 
-        trainer = build_trainer(self.ctx, self.pool)
+        trainer = build_trainer(self.ctx, self.pool, self.teacher_dir)
         before = held_out_accuracy(self.pool, trainer.processing_class, self.ctx.recipe)
         self.ctx.metrics.log(trainer.state.global_step, {"eval/accuracy": before})
         resumed_from = resume_point(self.ctx)
@@ -179,7 +182,7 @@ def warm_start(ctx: RunContext) -> RunContext:
     return RunContext(ctx.recipe, ctx.run_dir, sft_dir / "final")
 
 
-def train_grpo(ctx: RunContext) -> dict[str, Any]:
+def train_grpo(ctx: RunContext, teacher_dir: Path | None = None) -> dict[str, Any]:
     """Place a rollout pool and a learner actor on Ray and train; returns the learner's summary."""
     import ray
 
@@ -197,7 +200,7 @@ def train_grpo(ctx: RunContext) -> dict[str, Any]:
         pool = RolloutPool(engine, PoolConfig(num_workers=r.rollout.num_workers))
         learner = ray.remote(Learner).options(
             num_cpus=1, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
-        ).remote(r, str(ctx.run_dir), str(ctx.init_model_dir), pool)
+        ).remote(r, str(ctx.run_dir), str(ctx.init_model_dir), pool, str(teacher_dir) if teacher_dir else None)
         summary = ray.get(learner.train.remote())
     finally:
         if pool is not None:

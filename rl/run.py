@@ -57,7 +57,7 @@ def _set_aside(run_dir: Path) -> None:
 
 def prepare_run(recipe: Recipe) -> RunContext:
     """Create the run folder, record the resolved recipe, and make the initial model folder."""
-    from hyrl.model.presets import build_tiny_model
+    from hyrl.model.presets import build_tiny_dense_model, build_tiny_model
 
     set_threads()
     run_dir = recipe.run_dir.resolve()  # absolute: Ray actors do not share the driver's working directory
@@ -68,7 +68,9 @@ def prepare_run(recipe: Recipe) -> RunContext:
     init_dir = recipe.model.path.resolve() if recipe.model.path is not None else None
     if init_dir is None:
         init_dir = run_dir / "init"
-        if not (init_dir / "config.json").is_file():
+        if not (init_dir / "config.json").is_file() and recipe.model.architecture == "dense":
+            build_tiny_dense_model(init_dir, preset=recipe.model.preset, seed=recipe.seed)
+        elif not (init_dir / "config.json").is_file():
             build_tiny_model(init_dir, preset=recipe.model.preset, seed=recipe.seed,
                              implementation=recipe.model.implementation)
     return RunContext(recipe, run_dir, Path(init_dir))

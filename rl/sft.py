@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datasets import Dataset
 from transformers import AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
@@ -12,8 +13,9 @@ from hyrl.rl.data import sft_dataset
 from hyrl.rl.run import CompleteCheckpoints, MetricsCallback, RunContext, finish, resume_point, trainer_args
 
 
-def train_sft(ctx: RunContext) -> None:
-    """Train ``ctx.init_model_dir`` on the recipe's task; the result lands in ``<run_dir>/final``."""
+def train_sft(ctx: RunContext, dataset: Dataset | None = None) -> None:
+    """Train ``ctx.init_model_dir`` on the recipe's task (or on ``dataset``'s prompt/completion rows, e.g. a
+    teacher's answers); the result lands in ``<run_dir>/final``."""
     recipe = ctx.recipe
     assert isinstance(recipe.algo, SFTAlgo)
     model = load_causal_lm(ctx.init_model_dir, recipe.model.implementation)
@@ -22,7 +24,7 @@ def train_sft(ctx: RunContext) -> None:
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=sft_dataset(recipe.data),
+        train_dataset=dataset if dataset is not None else sft_dataset(recipe.data),
         processing_class=tokenizer,
         callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints(), *eval_callbacks(ctx)],
     )

@@ -93,12 +93,14 @@ def rollout_pool(ray_cluster, tiny_model_dir, rollout_run_dir):
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train_recipe(recipe: str, run_dir: Path, *overrides: str) -> None:
+def train_recipe(recipe: str, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     """``hyrl train recipes/<recipe> logging.run_dir=<run_dir> ...`` in a child process; fails the test on error."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "hyrl.cli", "train", str(ROOT / "recipes" / recipe),
            f"logging.run_dir={run_dir}", "logging.progress=false", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=run_dir.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 @pytest.fixture(scope="session")
