@@ -33,7 +33,52 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dense", action="store_true", help="a dense (all-attention) model of the preset's widths")
     _eval_parser(sub)
     _teachers_parser(sub)
+    b = sub.add_parser(
+        "bundle", help="download an install profile's wheels for an offline machine, in parts of bounded size",
+        description="hyrl bundle: the wheel closure of hyrl's install profile for the target's Python and platform, "
+                    "minus what the target has, as part-NNN files (<= --max-part-mib) + manifest.json + install.sh.",
+        epilog="example (on a machine with PyPI access; the target's `pip freeze` in target-freeze.txt):\n"
+               "  hyrl bundle --python 3.12 --platform manylinux_2_28_x86_64 --exclude-installed target-freeze.txt "
+               "--max-part-mib 60 bundle/\n  then on the target: bash bundle/install.sh /opt/hyrl-site\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("out", type=Path)
+    b.add_argument("--profile", default="gpu", help="hyrl extra to bundle (gpu, cpu)")
+    b.add_argument("--requirement", action="append", default=None, metavar="REQ",
+                   help="bundle these requirements instead of hyrl[profile] (repeatable)")
+    b.add_argument("--python", default="3.12")
+    b.add_argument("--platform", action="append", default=None, help="repeatable; default manylinux_2_28_x86_64")
+    b.add_argument("--exclude-installed", type=Path, default=None, help="the target's `pip freeze` output")
+    b.add_argument("--max-part-mib", type=float, default=60.0)
+    b.add_argument("--find-links", action="append", default=[])
+    b.add_argument("--no-index", action="store_true")
     return p
+
+
+def bundle(args: argparse.Namespace) -> int:
+    """``hyrl bundle``: exit 2 with pip's reason when the closure cannot be resolved or downloaded."""
+    import tempfile
+
+    from hyrl.bundle import BundleSpec, build_bundle, hyrl_requirements
+
+    if args.exclude_installed is not None and not args.exclude_installed.is_file():
+        print(f"hyrl bundle: --exclude-installed {args.exclude_installed}: no such file (fix: `pip freeze > FILE` "
+              "on the target)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            reqs = args.requirement or hyrl_requirements(args.profile, Path(tmp))
+            spec = BundleSpec(requirements=reqs, python=args.python,
+                              platforms=args.platform or ["manylinux_2_28_x86_64"],
+                              exclude_installed=args.exclude_installed, max_part_mib=args.max_part_mib,
+                              find_links=args.find_links, no_index=args.no_index)
+            m = build_bundle(spec, args.out)
+        except (RuntimeError, FileExistsError) as e:
+            print(f"hyrl bundle: {e}", file=sys.stderr)
+            return 2
+    print(f"hyrl bundle: {len(m['wheels'])} wheels ({len(m['excluded'])} left out as installed), "
+          f"{m['total_bytes'] / 2**20:.1f} MiB in {len(m['parts'])} parts -> {args.out}; on the target: "
+          f"bash {args.out}/install.sh TARGET")
+    return 0
 
 
 def _teachers_parser(sub) -> None:
@@ -209,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         return evaluate(args)
     if args.command == "teachers":
         return rank(args)
+    if args.command == "bundle":
+        return bundle(args)
     try:
         recipe = load_recipe(args.recipe, args.overrides)
     except RecipeError as e:
