@@ -63,10 +63,26 @@ def read_freeze(path: Path) -> dict[str, str]:
     return out
 
 
+def expand_platforms(platforms: list[str]) -> list[str]:
+    """``manylinux_2_28_x86_64`` also takes wheels built for older glibc (2_27 ... 2_5, and the legacy aliases),
+    as pip would on the target; pip's ``--platform`` matches tags exactly, so list them all."""
+    out: list[str] = []
+    for p in platforms:
+        m = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", p)
+        tags = [p]
+        if m:
+            glibc, arch = int(m.group(1)), m.group(2)
+            tags = [f"manylinux_2_{v}_{arch}" for v in range(glibc, 4, -1)]
+            tags += [f"{alias}_{arch}" for alias, v in (("manylinux2014", 17), ("manylinux2010", 12),
+                                                        ("manylinux1", 5)) if v <= glibc]
+        out += [t for t in tags if t not in out]
+    return out
+
+
 def _pip(spec: BundleSpec, *args: str) -> list[str]:
     cmd = [sys.executable, "-m", "pip", *args, "--only-binary=:all:", "--python-version", spec.python,
            "--implementation", "cp", "--disable-pip-version-check", "--quiet"]
-    for p in spec.platforms:
+    for p in expand_platforms(spec.platforms):
         cmd += ["--platform", p]
     for f in spec.find_links:
         cmd += ["--find-links", f]
