@@ -140,8 +140,6 @@ def run_eval(checkpoints: list[str | Path], settings: EvalSettings, out_dir: Pat
     from transformers import AutoTokenizer
 
     from hyrl.eval.checkpoint import check_checkpoint
-    from hyrl.eval.fidelity import cache_memory, probe_mismatch
-    from hyrl.eval.generate import EngineGenerator
     from hyrl.eval.report import write_report
     from hyrl.rollout.engine import EngineConfig
     from hyrl.rollout.pool import PoolConfig, RolloutPool, init_ray
@@ -167,44 +165,60 @@ def run_eval(checkpoints: list[str | Path], settings: EvalSettings, out_dir: Pat
         with open(out_dir / "samples.jsonl", "w", buffering=1) as samples_file:
             for path, is_baseline in tqdm(entries, desc="checkpoints", disable=not progress):
                 tokenizer = AutoTokenizer.from_pretrained(str(path))
-                longest = max(len(tokenizer(e.prompt, add_special_tokens=False).input_ids)
-                              for t in tasks.values() for e in t.make(settings.num_examples, settings.seed))
-                longest = max(longest, len(tokenizer(long_prompt, add_special_tokens=False).input_ids))
-                arch = {**_arch(path), "_need": longest + settings.max_new_tokens}
-                if pool is not None and arch == pool_arch:
+                need = settings.max_new_tokens + max(
+                    len(tokenizer(p, add_special_tokens=False).input_ids)
+                    for p in [long_prompt, *(e.prompt for t in tasks.values()
+                                             for e in t.make(settings.num_examples, settings.seed))])
+                arch = {**_arch(path), "_need": need}
+                if pool is not None and arch == pool_arch:  # same architecture: new weights, same engines
                     pool.update_weights(read_folder(path))
                 else:
                     if pool is not None:
                         pool.shutdown()
                     engine = EngineConfig(model=str(path), run_dir=str(out_dir), seed=settings.seed,
-                                          enforce_eager=enforce_eager,
-                                          max_model_len=-(-(longest + settings.max_new_tokens) // 128) * 128)
+                                          enforce_eager=enforce_eager, max_model_len=-(-need // 128) * 128)
                     pool, pool_arch = RolloutPool(engine, PoolConfig(num_workers=num_workers)), arch
-                entry: dict[str, Any] = {"path": str(path), "name": _name(path), "baseline": is_baseline}
-                t0 = time.perf_counter()
-                entry["tasks"], rows = evaluate_tasks(EngineGenerator(pool, tokenizer), tasks, settings,
-                                                      progress=progress)
-                for row in rows:
-                    samples_file.write(json.dumps({"checkpoint": entry["name"], **row}) + "\n")
-                learner = _load_learner(path)
-                if settings.probe_prompts:
-                    entry["fidelity"] = probe_mismatch(pool, learner, tokenizer, [e.prompt for e in probe],
-                                                       max_tokens=settings.max_new_tokens, seed=settings.seed)
-                if settings.throughput_prompts:
-                    entry["throughput"] = _throughput(pool, tokenizer, long_prompt, settings)
-                if settings.memory_lengths:
-                    entry["memory"] = cache_memory(learner, settings.memory_lengths)
-                entry["seconds"] = time.perf_counter() - t0
+                entry, rows = _measure(pool, path, tokenizer, tasks, settings, probe, long_prompt, progress)
+                entry["baseline"] = is_baseline
+                samples_file.writelines(json.dumps({"checkpoint": entry["name"], **row}) + "\n" for row in rows)
                 results["checkpoints"].append(entry)
+                _write_json(out_dir / "results.json", {**results, "complete": False})  # a crash keeps these
                 if progress:
                     tqdm.write(_one_line(entry))
     finally:
         if pool is not None:
             pool.shutdown()
         ray.shutdown()
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    _write_json(out_dir / "results.json", {**results, "complete": True})
     write_report(results, out_dir)
     return results
+
+
+def _measure(pool, path: Path, tokenizer, tasks: dict[str, Task], settings: EvalSettings, probe: list,
+             long_prompt: str, progress: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One checkpoint already loaded in ``pool``: tasks, then mismatch, throughput and cache memory."""
+    from hyrl.eval.fidelity import cache_memory, probe_mismatch
+    from hyrl.eval.generate import EngineGenerator
+
+    entry: dict[str, Any] = {"path": str(path), "name": _name(path)}
+    t0 = time.perf_counter()
+    entry["tasks"], rows = evaluate_tasks(EngineGenerator(pool, tokenizer), tasks, settings, progress=progress)
+    learner = _load_learner(path)
+    if settings.probe_prompts:
+        entry["fidelity"] = probe_mismatch(pool, learner, tokenizer, [e.prompt for e in probe],
+                                           max_tokens=settings.max_new_tokens, seed=settings.seed)
+    if settings.throughput_prompts:
+        entry["throughput"] = _throughput(pool, tokenizer, long_prompt, settings)
+    if settings.memory_lengths:
+        entry["memory"] = cache_memory(learner, settings.memory_lengths)
+    entry["seconds"] = time.perf_counter() - t0
+    return entry, rows
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
 
 
 def _name(path: Path) -> str:

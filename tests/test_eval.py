@@ -230,6 +230,7 @@ def test_eval_compares_trained_with_untrained(sft_run: Path, tmp_path: Path) -> 
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is True
     init, final, base = results["checkpoints"]
     assert [e["baseline"] for e in (init, final, base)] == [False, False, True]
     assert final["tasks"]["arithmetic"]["accuracy"] >= init["tasks"]["arithmetic"]["accuracy"] + 0.1
