@@ -69,8 +69,10 @@ def test_weight_sync_every_step(default_run: Path) -> None:
         # Generation for optimizer step s happened with the learner at s - 1 updates: the pool must match it.
         assert r["rollout/policy_version"] == step - 1, (step, r["rollout/policy_version"])
         assert r["mismatch/max_abs_logprob_diff"] <= 1e-5, (step, r["mismatch/max_abs_logprob_diff"])
+        # the push before step s is timed in step s's record, or in step s - 1's when the recipe's in-loop eval
+        # (every 10 steps, on the rollout pool) already pushed the learner's weights after step s - 1
         if step > 1:
-            assert r["sync/seconds"] > 0
+            assert r.get("sync/seconds", 0) > 0 or ((step - 1) % 10 == 0 and steps[step - 1]["sync/seconds"] > 0), step
 
 
 def test_resume_is_exact(default_run: Path, tmp_path: Path) -> None:
