@@ -19,6 +19,7 @@ from transformers import AutoTokenizer
 
 from hyrl.eval.greedy import greedy_accuracy
 from hyrl.model.loading import load_causal_lm
+from hyrl.rl.teacher import same_tokenizer
 from hyrl.tasks import Example, Task, get_task
 from hyrl.tasks.files import is_task_file
 
@@ -58,11 +59,6 @@ def student_teacher_kl(student, teacher, tokenizer, examples: list[Example]) -> 
     return total / max(1, n)
 
 
-def _same_tokenizer(a: Path, b: Path) -> bool:
-    ta, tb = AutoTokenizer.from_pretrained(str(a)), AutoTokenizer.from_pretrained(str(b))
-    return ta.get_vocab() == tb.get_vocab() and ta.eos_token_id == tb.eos_token_id
-
-
 def _slug(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(path.resolve().parts[-2:]))
 
@@ -93,7 +89,7 @@ def rank_teachers(settings: RankSettings, out_dir: Path) -> list[dict[str, Any]]
     for i, teacher_dir in enumerate(settings.teachers):
         t_tok = AutoTokenizer.from_pretrained(str(teacher_dir))
         teacher = load_causal_lm(teacher_dir).eval()
-        same = _same_tokenizer(settings.student, teacher_dir)
+        same = same_tokenizer(s_tok, t_tok)
         mode = settings.mode if settings.mode != "auto" else ("logit_kd" if same else "offline")
         recipe = Recipe.model_validate({
             "name": f"rank-{i}-{_slug(teacher_dir)}", "seed": settings.seed,

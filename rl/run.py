@@ -68,11 +68,12 @@ def prepare_run(recipe: Recipe) -> RunContext:
     init_dir = recipe.model.path.resolve() if recipe.model.path is not None else None
     if init_dir is None:
         init_dir = run_dir / "init"
-        if not (init_dir / "config.json").is_file() and recipe.model.architecture == "dense":
-            build_tiny_dense_model(init_dir, preset=recipe.model.preset, seed=recipe.seed)
-        elif not (init_dir / "config.json").is_file():
-            build_tiny_model(init_dir, preset=recipe.model.preset, seed=recipe.seed,
-                             implementation=recipe.model.implementation)
+        if not (init_dir / "config.json").is_file():
+            if recipe.model.architecture == "dense":
+                build_tiny_dense_model(init_dir, preset=recipe.model.preset, seed=recipe.seed)
+            else:
+                build_tiny_model(init_dir, preset=recipe.model.preset, seed=recipe.seed,
+                                 implementation=recipe.model.implementation)
     return RunContext(recipe, run_dir, Path(init_dir))
 
 

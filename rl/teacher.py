@@ -20,11 +20,15 @@ def _describe(tok: PreTrainedTokenizerBase, where: str | Path) -> str:
     return f"{where} ({type(tok).__name__}, {len(tok)} tokens)"
 
 
+def same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
+    """Same vocabulary (token -> id) and the same EOS: token-level distributions can be compared."""
+    return a.get_vocab() == b.get_vocab() and a.eos_token_id == b.eos_token_id
+
+
 def check_same_tokenizer(student_dir: str | Path, teacher_dir: str | Path, mode: str) -> None:
     """Token-level modes compare distributions over the same vocabulary: refuse a teacher whose tokenizer differs."""
     s, t = AutoTokenizer.from_pretrained(str(student_dir)), AutoTokenizer.from_pretrained(str(teacher_dir))
-    same = s.get_vocab() == t.get_vocab() and s.eos_token_id == t.eos_token_id
-    if not same:
+    if not same_tokenizer(s, t):
         raise TeacherError(
             f"algo.teacher: mode {mode} scores the student's tokens with the teacher, so both need one tokenizer; "
             f"student tokenizer {_describe(s, student_dir)} differs from teacher tokenizer {_describe(t, teacher_dir)}"
