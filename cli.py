@@ -51,6 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--max-part-mib", type=float, default=60.0)
     b.add_argument("--find-links", action="append", default=[])
     b.add_argument("--no-index", action="store_true")
+    b.add_argument("--with", dest="with_", action="append", default=[], metavar="REQ",
+                   help="also bundle this requirement, beside hyrl[profile] or --requirement (repeatable)")
+    b.add_argument("--override", action="append", default=[], metavar="REQ",
+                   help="replace every requirement on REQ's package with REQ while resolving, e.g. "
+                        "'llguidance==1.6.1' where a dependency's pin has no wheel (repeatable)")
+    b.add_argument("--drop", action="append", default=[], metavar="NAME",
+                   help="leave this package out of the closure whoever requires it, e.g. optional GPU kernels "
+                        "the target will not use (repeatable)")
     return p
 
 
@@ -66,13 +74,13 @@ def bundle(args: argparse.Namespace) -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            reqs = args.requirement or hyrl_requirements(args.profile, Path(tmp))
-            spec = BundleSpec(requirements=reqs, python=args.python,
+            reqs = (args.requirement or hyrl_requirements(args.profile, Path(tmp))) + args.with_
+            spec = BundleSpec(requirements=reqs, python=args.python, overrides=args.override, drop=args.drop,
                               platforms=args.platform or ["manylinux_2_28_x86_64"],
                               exclude_installed=args.exclude_installed, max_part_mib=args.max_part_mib,
                               find_links=args.find_links, no_index=args.no_index)
             m = build_bundle(spec, args.out)
-        except (RuntimeError, FileExistsError) as e:
+        except (RuntimeError, FileExistsError, ValueError) as e:  # ValueError: a malformed --override / --with
             print(f"hyrl bundle: {e}", file=sys.stderr)
             return 2
     print(f"hyrl bundle: {len(m['wheels'])} wheels ({len(m['excluded'])} left out as installed), "

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 
-def _wheel(tmp: Path, name: str, version: str, deps: list[str], payload: int = 0) -> None:
+def _wheel(tmp: Path, name: str, version: str, deps: list[str], payload: int = 0,
+           extras: dict[str, list[str]] | None = None) -> None:
     """Build a pure-Python wheel ``name==version`` into tmp/wheels (``payload`` bytes of random data inside)."""
     src = tmp / "src" / f"{name}-{version}"
     pkg = src / name.replace("-", "_")
@@ -23,7 +24,8 @@ def _wheel(tmp: Path, name: str, version: str, deps: list[str], payload: int = 0
     (src / "pyproject.toml").write_text(
         f'[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
         f'[project]\nname = "{name}"\nversion = "{version}"\ndependencies = {json.dumps(deps)}\n'
-        f'[tool.setuptools.package-data]\n"*" = ["*.bin"]\n')
+        f'[tool.setuptools.package-data]\n"*" = ["*.bin"]\n'
+        + "".join(f"[project.optional-dependencies]\n{k} = {json.dumps(v)}\n" for k, v in (extras or {}).items()))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
                     str(tmp / "wheels"), str(src)], check=True)
 
@@ -88,3 +90,48 @@ def test_unresolvable_requirement_exits_2_with_pips_reason(tmp_path: Path, capsy
     rc = main(["bundle", str(tmp_path / "o"), "--requirement", "hyrldemo-missing", "--no-index", "--find-links",
                str(tmp_path)])
     assert rc == 2 and "hyrldemo-missing" in capsys.readouterr().err
+
+
+def test_override_replaces_every_requirement_on_a_package(tmp_path: Path, capsys) -> None:
+    """Two dependents pin a version of ovr-b that has no wheel; ``--override ovr-b==1.0`` replaces both pins (extras
+    and markers are still honoured, an override nobody needs adds nothing), and a target's version that meets no
+    requirement is named."""
+    from hyrl.cli import main
+
+    _wheel(tmp_path, "ovr-a", "0.1", ["ovr-b>=2,<3", "ovr-c"], extras={"x": ["ovr-e"]})
+    _wheel(tmp_path, "ovr-c", "0.2", ["ovr-b==2.5", "ovr-never; python_version < '3'"])
+    _wheel(tmp_path, "ovr-b", "1.0", [])
+    _wheel(tmp_path, "ovr-e", "0.4", ["ovr-c>=0.2"])
+    base = ["--requirement", "ovr-a[x]", "--no-index", "--find-links", str(tmp_path / "wheels")]
+
+    assert main(["bundle", str(tmp_path / "plain"), *base]) == 2
+    assert "ovr-b" in capsys.readouterr().err  # pip's own resolution: the pins cannot be met
+
+    out = tmp_path / "over"
+    assert main(["bundle", str(out), *base, "--override", "ovr-b==1.0", "--override", "ovr-unused==9"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert sorted(m["wheels"]) == ["ovr_a-0.1-py3-none-any.whl", "ovr_b-1.0-py3-none-any.whl",
+                                   "ovr_c-0.2-py3-none-any.whl", "ovr_e-0.4-py3-none-any.whl"]
+    assert m["overrides"] == ["ovr-b==1.0", "ovr-unused==9"]
+
+    (tmp_path / "freeze.txt").write_text("ovr-c==0.1\n")  # the target's ovr-c is older than ovr-e needs
+    rc = main(["bundle", str(tmp_path / "conflict"), *base, "--override", "ovr-b==1.0", "--exclude-installed",
+               str(tmp_path / "freeze.txt")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "ovr-c==0.1" in err and "ovr-c>=0.2" in err
+
+
+def test_with_adds_a_requirement_drop_leaves_one_out_and_a_bad_override_exits_2(tmp_path: Path, capsys) -> None:
+    from hyrl.cli import main
+
+    _wheel(tmp_path, "with-a", "0.1", ["with-kernels>=1"])  # an optional extra nobody built a wheel of
+    _wheel(tmp_path, "with-b", "0.3", [])
+    base = ["--requirement", "with-a", "--no-index", "--find-links", str(tmp_path / "wheels")]
+    assert main(["bundle", str(tmp_path / "n"), *base, "--with", "with-b"]) == 2
+    assert "with-kernels" in capsys.readouterr().err
+    assert main(["bundle", str(tmp_path / "o"), *base, "--with", "with-b", "--drop", "with-kernels"]) == 0
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert sorted(m["wheels"]) == ["with_a-0.1-py3-none-any.whl", "with_b-0.3-py3-none-any.whl"]
+    assert m["dropped"] == ["with-kernels"]
+    assert main(["bundle", str(tmp_path / "p"), *base, "--override", "with-b=>1"]) == 2
+    assert "with-b=>1" in capsys.readouterr().err
