@@ -17,6 +17,18 @@ EXAMPLES = """examples:
 """
 
 
+def _workers(recipe: Recipe) -> str:
+    """One line on what the recipe asks of the cluster (checked against it only when the run starts)."""
+    from hyrl.rl.cluster import bundles
+
+    need = bundles(recipe)
+    learner, rollout, where = recipe.learner, recipe.rollout, recipe.ray.address or "a local Ray cluster"
+    return (f"{learner.num_workers} learner ({learner.num_gpus_per_worker:g} GPU each, {learner.sharding}), "
+            f"{rollout.num_workers} rollout ({rollout.num_gpus_per_worker:g} GPU each), {recipe.ray.placement} "
+            f"{recipe.ray.strategy}: {sum(b.get('GPU', 0) for b in need):g} GPUs, "
+            f"{sum(b['CPU'] for b in need):g} CPUs on {where}")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hyrl", description=__doc__, epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -271,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "validate":
         print(f"hyrl: {args.recipe} is valid ({recipe.algo.type}, run folder {recipe.run_dir})")
+        print(f"hyrl: workers: {_workers(recipe)}")
         return 0
     from hyrl.rl.teacher import TeacherError
 

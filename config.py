@@ -177,13 +177,49 @@ class OptimConfig(Section):
 
 
 class RolloutConfig(Section):
-    """Generation settings for rollouts and evaluation."""
+    """Generation settings for rollouts and evaluation, and the rollout workers (vLLM engines in Ray actors)."""
 
     num_workers: PositiveInt = 1
+    num_gpus_per_worker: NonNegativeFloat = Field(0.0, description="0 on CPU; 1 gives each engine its own GPU")
+    num_cpus_per_worker: PositiveFloat = 1.0
     max_new_tokens: PositiveInt = 16
     temperature: PositiveFloat = 1.0
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_staleness: int = Field(0, ge=0, description="async: rollouts may lag the learner by this many steps")
+    chunk_size: PositiveInt | None = Field(None, description="prompts per request to one worker; idle workers take "
+                                           "the next chunk (default: one chunk per worker)")
+    request_timeout_s: PositiveFloat | None = Field(None, description="a chunk not back by then goes to another "
+                                                    "worker and its worker is restarted (default: no timeout)")
+    max_model_len: PositiveInt = 512
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="GPU only: vLLM's share of the GPU")
+    enforce_eager: bool = Field(False, description="no CUDA graphs / compile (slower; faster start on CPU)")
+
+
+class LearnerConfig(Section):
+    """The learner workers: data-parallel copies of TRL's trainer in Ray actors (gradients all-reduced)."""
+
+    num_workers: PositiveInt = 1
+    num_gpus_per_worker: NonNegativeFloat = Field(0.0, description="0 on CPU (gloo); 1 per worker on GPUs (NCCL)")
+    num_cpus_per_worker: PositiveFloat = 1.0
+    sharding: Literal["ddp", "fsdp2"] = Field("ddp", description="ddp: full copies; fsdp2: parameters sharded "
+                                              "across workers (GPUs only)")
+    sync_bucket_mib: PositiveInt = Field(256, description="weights go to the rollout workers in buckets of this size")
+
+
+class RayConfig(Section):
+    """Where the actors run: a local Ray cluster (default) or an existing one, and how they are placed."""
+
+    address: str | None = Field(None, description="join this cluster, e.g. 'auto' or 'ray://head:10001' (default: "
+                                "start a local one)")
+    placement: Literal["separate", "colocate"] = Field("separate", description="separate: learner and rollout "
+                                                        "workers get their own resources; colocate: learner worker i "
+                                                        "shares GPU i with rollout worker i (vLLM sleeps while the "
+                                                        "learner steps; GPUs only)")
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement-group strategy over the workers' bundles (PACK: as few nodes as possible)")
+    num_cpus: PositiveInt | None = Field(None, description="local cluster only: logical CPUs (default: enough for "
+                                         "the workers)")
+    placement_timeout_s: PositiveFloat = Field(120.0, description="how long to wait for the cluster to have room")
 
 
 class EvalConfig(Section):
@@ -222,6 +258,8 @@ class Recipe(Section):
     algo: Algo
     optim: OptimConfig = OptimConfig()
     rollout: RolloutConfig = RolloutConfig()
+    learner: LearnerConfig = LearnerConfig()
+    ray: RayConfig = RayConfig()
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -230,6 +268,39 @@ class Recipe(Section):
     def _default_run_dir(self) -> Recipe:
         if self.logging.run_dir is None:
             self.logging.run_dir = Path("runs") / self.name
+        return self
+
+    @model_validator(mode="after")
+    def _placement_fits(self) -> Recipe:
+        learner, rollout = self.learner, self.rollout
+        if self.ray.placement == "colocate":
+            if learner.num_gpus_per_worker == 0 or rollout.num_gpus_per_worker == 0:
+                raise ValueError("ray.placement: colocate shares GPUs between learner and rollout workers and frees "
+                                 "the rollout memory with vLLM sleep/wake during the learner step; that is "
+                                 "unavailable on CPU (fix: placement: separate, or give learner.num_gpus_per_worker "
+                                 "and rollout.num_gpus_per_worker > 0)")
+            if learner.num_workers != rollout.num_workers:
+                raise ValueError(f"ray.placement: colocate puts rollout worker i beside learner worker i, so "
+                                 f"rollout.num_workers ({rollout.num_workers}) must equal learner.num_workers "
+                                 f"({learner.num_workers})")
+            if learner.num_gpus_per_worker + rollout.num_gpus_per_worker > 1:
+                raise ValueError("ray.placement: colocate: learner.num_gpus_per_worker + rollout.num_gpus_per_worker "
+                                 "must be <= 1 (they share one GPU; e.g. 0.5 each)")
+            if rollout.max_staleness:
+                raise ValueError("rollout.max_staleness: colocated engines sleep during the learner step, so they "
+                                 "cannot sample ahead (fix: max_staleness: 0, or ray.placement: separate)")
+        if learner.sharding == "fsdp2" and learner.num_gpus_per_worker == 0:
+            raise ValueError("learner.sharding: fsdp2 shards parameters across GPUs; on CPU use sharding: ddp")
+        if learner.num_workers > 1 and self.algo.type not in ("grpo", "distill"):
+            raise ValueError(f"learner.num_workers: {learner.num_workers} learner workers run GRPO and on-policy "
+                             f"distillation; algo.type {self.algo.type} trains in one process (fix: num_workers: 1)")
+        if learner.num_workers > 1 and self.algo.type == "distill" and self.algo.mode != "on_policy":
+            raise ValueError(f"learner.num_workers: several learner workers need algo.mode: on_policy (got "
+                             f"{self.algo.mode}; fix: learner.num_workers: 1)")
+        group = getattr(self.algo, "num_generations", 1) * getattr(self.algo, "prompts_per_step", 1)
+        if learner.num_workers > 1 and group % learner.num_workers:
+            raise ValueError(f"learner.num_workers: the global batch (algo.prompts_per_step x algo.num_generations "
+                             f"= {group}) must split evenly over {learner.num_workers} learner workers")
         return self
 
     @property
@@ -297,6 +368,9 @@ def _describe(err: dict) -> str:
         return f"{path}: expected {err['ctx']['expected']}, got {got!r}"
     if kind == "missing":
         return f"{path}: required field is missing"
+    if kind == "value_error":  # a validator's own message; recipe-level ones start with the field they are about
+        msg = err["msg"].removeprefix("Value error, ")
+        return msg if not loc else f"{path}: {msg}"
     return f"{path}: {err['msg']}, got {got!r}"
 
 

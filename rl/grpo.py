@@ -7,11 +7,13 @@ One step, as TRL drives it through hyrl's hooks:
     HyrlGRPOTrainer.compute_loss    learner-vs-rollout mismatch -> per-token correction -> TRL's loss -> step
     MetricsCallback                 metrics.jsonl + TensorBoard
 
-The learner runs in a Ray actor (``Learner``) beside the rollout workers; the driver places them and waits.
+The learner runs in Ray actors (``Learner``, ``learner.num_workers`` of them, data-parallel) beside the rollout
+workers; the driver reserves their resources (``hyrl.rl.cluster``), starts them and waits.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +53,10 @@ def grpo_args(ctx: RunContext) -> GRPOConfig:
     r, algo = ctx.recipe, ctx.recipe.algo
     assert isinstance(algo, GRPOAlgo)
     epsilon_high = algo.epsilon_high or (0.28 if algo.loss == "dapo" else algo.epsilon)
-    args = {**trainer_args(ctx), "per_device_train_batch_size": algo.prompts_per_step * algo.num_generations}
+    per_worker = algo.prompts_per_step * algo.num_generations // r.learner.num_workers  # the global batch, split
+    args = {**trainer_args(ctx), "per_device_train_batch_size": per_worker}
+    if r.learner.sharding == "fsdp2":
+        args.update(fsdp="full_shard", fsdp_config={"fsdp_version": 2, "reshard_after_forward": True})
     return GRPOConfig(
         **args, **LOSSES[algo.loss], num_generations=algo.num_generations,
         max_completion_length=r.rollout.max_new_tokens, temperature=r.rollout.temperature, top_p=r.rollout.top_p,
@@ -100,7 +105,8 @@ def build_trainer(ctx: RunContext, pool, teacher_dir: Path | None = None) -> Hyr
                         seed=r.seed)
     dataset = grpo_dataset(r)
     rollout = PoolRollout(pool, tokenizer, sampling, max_staleness=r.rollout.max_staleness,
-                          upcoming=upcoming_prompts(dataset["prompt"], algo.prompts_per_step, algo.num_generations))
+                          upcoming=upcoming_prompts(dataset["prompt"], algo.prompts_per_step, algo.num_generations),
+                          colocated=r.ray.placement == "colocate", bucket_bytes=r.learner.sync_bucket_mib << 20)
     trainer_ref: list = []
     trainer = HyrlGRPOTrainer(
         model=load_causal_lm(ctx.init_model_dir, r.model.implementation), reward_funcs=rewards,
@@ -117,8 +123,10 @@ def build_trainer(ctx: RunContext, pool, teacher_dir: Path | None = None) -> Hyr
 def _synced(rollout: PoolRollout, trainer, pool, tokenizer: PreTrainedTokenizerBase):
     """In-loop evaluation samples from the rollout pool, first brought up to the learner's weights."""
     from hyrl.eval.generate import EngineGenerator
+    from hyrl.rl.learners import is_sharded
 
-    rollout.sync(trainer)
+    if not is_sharded(trainer.model):  # sharded weights need every rank to gather; the rollout step syncs them
+        rollout.sync(trainer)
     return EngineGenerator(pool, tokenizer)
 
 
@@ -134,7 +142,8 @@ def held_out_accuracy(pool, tokenizer: PreTrainedTokenizerBase, recipe: Recipe) 
 
 
 class Learner:
-    """The learner process (a Ray actor): TRL's GRPO trainer, fed by the rollout pool it was handed."""
+    """One learner worker (a Ray actor): TRL's GRPO trainer, data-parallel with the other workers; rank 0 also
+    owns the rollout pool it was handed (rollouts, weight pushes, held-out accuracy, the final model)."""
 
     def __init__(self, recipe: Recipe, run_dir: str, init_model_dir: str, pool, teacher_dir: str | None = None):
         from hyrl.rl.run import set_threads
@@ -144,22 +153,36 @@ class Learner:
         self.pool = pool
         self.teacher_dir = Path(teacher_dir) if teacher_dir is not None else None
 
-    def train(self) -> dict[str, Any]:
-        from hyrl.rl.run import finish
+    def rendezvous(self) -> tuple[str, int]:
+        from hyrl.rl.learners import free_port
 
+        return free_port()
+
+    def train(self, rank: int = 0, world_size: int = 1, addr: str = "127.0.0.1", port: int = 0) -> dict[str, Any]:
+        from hyrl.rl.learners import full_named_tensors, join_group
+        from hyrl.rl.run import finish
+        from hyrl.rollout.weights import checksum
+
+        join_group(rank, world_size, addr, port)
         trainer = build_trainer(self.ctx, self.pool, self.teacher_dir)
-        before = held_out_accuracy(self.pool, trainer.processing_class, self.ctx.recipe)
-        self.ctx.metrics.log(trainer.state.global_step, {"eval/accuracy": before})
+        lead = rank == 0
+        before = held_out_accuracy(self.pool, trainer.processing_class, self.ctx.recipe) if lead else None
+        if lead:
+            self.ctx.metrics.log(trainer.state.global_step, {"eval/accuracy": before})
         resumed_from = resume_point(self.ctx)
         trainer.train(resume_from_checkpoint=resumed_from)
         trainer.rollout_func.close()
         trainer.rollout_func.sync(trainer)
-        after = held_out_accuracy(self.pool, trainer.processing_class, self.ctx.recipe)
-        self.ctx.metrics.log(trainer.state.global_step, {"eval/accuracy": after})
-        finish(self.ctx, trainer, ["reward", "eval/accuracy", "mismatch/kl", "time/step_seconds"])
-        return {"accuracy_before": before, "accuracy_after": after, "steps": trainer.state.global_step,
-                "policy_version": self.pool.version, "reward_failures": trainer.reward_failures.messages,
-                "resumed_from": resumed_from}
+        weights = checksum(full_named_tensors(trainer.model))
+        summary = {"rank": rank, "steps": trainer.state.global_step, "weights_checksum": weights}
+        if lead:
+            after = held_out_accuracy(self.pool, trainer.processing_class, self.ctx.recipe)
+            self.ctx.metrics.log(trainer.state.global_step, {"eval/accuracy": after})
+            finish(self.ctx, trainer, ["reward", "eval/accuracy", "mismatch/kl", "time/step_seconds"])
+            summary.update(accuracy_before=before, accuracy_after=after, policy_version=self.pool.version,
+                           rollout_retries=self.pool.retries, rollout_resyncs=self.pool.resyncs,
+                           reward_failures=trainer.reward_failures.messages, resumed_from=resumed_from)
+        return summary
 
 
 def warm_start(ctx: RunContext) -> RunContext:
@@ -183,33 +206,49 @@ def warm_start(ctx: RunContext) -> RunContext:
 
 
 def train_grpo(ctx: RunContext, teacher_dir: Path | None = None) -> dict[str, Any]:
-    """Place a rollout pool and a learner actor on Ray and train; returns the learner's summary."""
-    import ray
-
+    """Place the rollout pool and the learner workers on Ray and train; returns rank 0's summary, plus every
+    learner's final ``weights_checksum`` and the rollout workers' health reports."""
+    from hyrl.rl.cluster import cluster, place
+    from hyrl.rl.learners import LearnerGroup
     from hyrl.rollout.engine import EngineConfig
-    from hyrl.rollout.pool import PoolConfig, RolloutPool, init_ray
+    from hyrl.rollout.pool import PoolConfig, RolloutPool
 
     r = ctx.recipe
     if r.algo.warm_start is not None:
         ctx = warm_start(ctx)
-    init_ray(ctx.run_dir, num_cpus=r.rollout.num_workers + 1)
-    pool = None
-    try:
+    with cluster(r, ctx.run_dir):
+        placement = place(r)
         engine = EngineConfig(model=str(ctx.init_model_dir), run_dir=str(ctx.run_dir), dtype=r.model.dtype,
-                              state_dtype=r.model.state_dtype, max_model_len=512, seed=r.seed)
-        pool = RolloutPool(engine, PoolConfig(num_workers=r.rollout.num_workers))
-        learner = ray.remote(Learner).options(
-            num_cpus=1, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}
-        ).remote(r, str(ctx.run_dir), str(ctx.init_model_dir), pool, str(teacher_dir) if teacher_dir else None)
-        summary = ray.get(learner.train.remote())
-    finally:
-        if pool is not None:
+                              state_dtype=r.model.state_dtype, max_model_len=r.rollout.max_model_len, seed=r.seed,
+                              enforce_eager=r.rollout.enforce_eager,
+                              gpu_memory_utilization=r.rollout.gpu_memory_utilization,
+                              extra={"enable_sleep_mode": True} if r.ray.placement == "colocate" else {})
+        pool = RolloutPool(engine, PoolConfig(
+            num_workers=r.rollout.num_workers, num_cpus_per_worker=r.rollout.num_cpus_per_worker,
+            num_gpus_per_worker=r.rollout.num_gpus_per_worker, request_timeout_s=r.rollout.request_timeout_s,
+            chunk_size=r.rollout.chunk_size, placement_group=placement.group,
+            bundle_offset=placement.rollout_bundle_offset))
+        try:
+            teacher = str(teacher_dir) if teacher_dir else None
+            learners = LearnerGroup(
+                Learner, (r, str(ctx.run_dir), str(ctx.init_model_dir), pool, teacher),
+                num_workers=r.learner.num_workers, num_cpus=r.learner.num_cpus_per_worker,
+                num_gpus=r.learner.num_gpus_per_worker, placement=placement,
+                env={"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
+            summaries = learners.train()
+            summary = {**summaries[0], "weights_checksums": [s["weights_checksum"] for s in summaries],
+                       "rollout_health": pool.health()}
+        finally:
             pool.shutdown()
-        ray.shutdown()
+    (ctx.run_dir / "workers.json").write_text(json.dumps({  # who trained and what each worker ended on
+        "learners": [{"rank": s["rank"], "weights_checksum": s["weights_checksum"]} for s in summaries],
+        "rollout": summary["rollout_health"], "policy_version": summary["policy_version"],
+        "rollout_retries": summary["rollout_retries"], "rollout_resyncs": summary["rollout_resyncs"]}, indent=2))
     if summary["resumed_from"]:
         print(f"hyrl: resumed from {summary['resumed_from']}")
     for message in summary["reward_failures"]:
         print(f"hyrl: {message} (that step contributed no gradient)")
     print(f"hyrl: {r.name}: held-out accuracy {summary['accuracy_before']:.3f} -> {summary['accuracy_after']:.3f} "
-          f"after {summary['steps']} GRPO steps")
+          f"after {summary['steps']} GRPO steps ({r.learner.num_workers} learner, {r.rollout.num_workers} rollout "
+          "workers)")
     return summary

@@ -78,6 +78,9 @@ class HyrlGRPOTrainer(GRPOTrainer):
                             mask: torch.Tensor) -> torch.Tensor:
         """Per-token mismatch-correction weights [B, T]; logs the mismatch and feeds the parity gate."""
         stats = mismatch_stats(learner_logp, rollout_logp, mask)
+        if self.accelerator.num_processes > 1:  # every learner worker must take the parity gate's decision alike
+            worst = self.accelerator.gather(torch.tensor([stats["mismatch/kl"]], device=self.accelerator.device))
+            stats["mismatch/kl"] = worst.max().item()
         weights = importance_weights(learner_logp, rollout_logp, mask, self.correction)
         self.add_metrics({**stats, "mismatch/is_weight_mean": (weights.sum() / mask.sum().clamp(min=1)).item()})
         if self.parity is not None:

@@ -8,11 +8,19 @@ prompts with version s. Prompt order is known in advance (the dataset is not res
 used only if its prompts are the ones TRL asks for and its policy version is within the bound; otherwise step s is
 sampled synchronously. The pool is never used by two threads at once: the prefetch is collected before weights
 are pushed and the next prefetch is started.
+
+Several learner workers (data-parallel): rank 0 gathers every rank's prompts (in rank order: the global batch),
+samples them in one pool request and scatters each rank its completions, so the rollouts are those a single learner
+with the same global batch would get. Rank 0 pushes the weights; sharded (FSDP2) weights are gathered by all ranks.
+
+Colocated (learner and rollout sharing GPUs): the engines are woken for the weight push and the rollout, and put to
+sleep (weights offloaded, KV cache freed) before the learner step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,19 +32,45 @@ from hyrl.rollout.batch import RolloutBatch, Sampling
 
 class PoolRollout:
     def __init__(self, pool, tokenizer: PreTrainedTokenizerBase, sampling: Sampling, *, max_staleness: int = 0,
-                 upcoming: Callable[[int], list[str]] | None = None):
+                 upcoming: Callable[[int], list[str]] | None = None, colocated: bool = False,
+                 bucket_bytes: int = 256 << 20):
         self.pool, self.tokenizer, self.sampling = pool, tokenizer, sampling
-        self.max_staleness, self.upcoming = max_staleness, upcoming
+        self.max_staleness, self.upcoming, self.colocated = max_staleness, upcoming, colocated
+        self.bucket_bytes = bucket_bytes
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if max_staleness else None
         self._prefetch: tuple[int, list[str], Future] | None = None
 
     def __call__(self, prompts: list[str], trainer) -> dict[str, list]:
+        from hyrl.rl.learners import rank_and_world
+
+        rank, world = rank_and_world()
+        if world == 1:
+            return self._serve(list(prompts), trainer)
+        import torch.distributed as dist
+
+        gathered: list[list[str]] | None = [[] for _ in range(world)] if rank == 0 else None
+        dist.gather_object(list(prompts), gathered, dst=0)
+        parts: list[dict | None] = [None] * world
+        if rank == 0:
+            out = self._serve([p for part in gathered for p in part], trainer)
+            bounds = [0, *itertools.accumulate(len(part) for part in gathered)]
+            parts = [{k: v[a:b] for k, v in out.items()} for a, b in itertools.pairwise(bounds)]
+        else:
+            self.sync(trainer)  # a no-op here unless the weights are sharded (then rank 0 waits for this rank)
+        mine: list[dict | None] = [None]
+        dist.scatter_object_list(mine, parts if rank == 0 else None, src=0)
+        return mine[0]
+
+    def _serve(self, prompts: list[str], trainer) -> dict[str, list]:
+        """Rank 0 (or the only learner): bring the pool to the learner's weights and sample ``prompts``."""
         step = trainer.state.global_step
         t0 = time.perf_counter()
         batch = self._take_prefetched(step, prompts)
         self.sync(trainer)
         if batch is None:
             batch = self._generate(prompts, step)
+        if self.colocated:
+            self.pool.sleep()
         if self._executor is not None and self.upcoming is not None:
             nxt = self.upcoming(step + 1)
             self._prefetch = (step + 1, nxt, self._executor.submit(self._generate, nxt, step + 1))
@@ -65,12 +99,36 @@ class PoolRollout:
         return batch
 
     def sync(self, trainer) -> None:
-        """Push the learner's weights if it has stepped since the last push (policy version = learner step)."""
-        step = trainer.state.global_step
-        if step == self.pool.version:
+        """Push the learner's weights if it has stepped since the last push (policy version = learner step).
+
+        Every rank calls this at the same points; rank 0 pushes. Weights are streamed to the pool in buckets, so
+        the learner never holds more than one bucket of extra (gathered or host) copies.
+        """
+        from hyrl.rl.learners import full_named_tensors, is_sharded, rank_and_world
+
+        step, (rank, _) = trainer.state.global_step, rank_and_world()
+        if rank == 0 and self.colocated:  # whoever samples next (rollout, evaluation) needs the engines awake
+            self.pool.wake_up()
+        sharded = is_sharded(trainer.model)
+        if rank != 0 and not sharded:
+            return
+        due = rank == 0 and step != self.pool.version
+        if sharded:  # every rank must take part in each gather, so rank 0 tells the others whether one is due
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([int(due)], device=next(trainer.model.parameters()).device)
+            dist.broadcast(flag, src=0)
+            due = bool(flag.item())
+        if not due:
             return
         t0 = time.perf_counter()
-        self.pool.update_weights([(k, v.detach()) for k, v in trainer.model.state_dict().items()], version=step)
+        named = full_named_tensors(trainer.model)
+        if rank != 0:
+            for _ in named:  # take part in the gathers; rank 0 sends
+                pass
+            return
+        self.pool.update_weights(named, version=step, bucket_bytes=self.bucket_bytes)
         trainer.add_metrics({"sync/seconds": time.perf_counter() - t0})
 
     def close(self) -> None:

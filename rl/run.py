@@ -84,7 +84,7 @@ class MetricsCallback(TrainerCallback):
         self.metrics = metrics
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs:
+        if logs and state.is_world_process_zero:
             self.metrics.log(state.global_step, logs)
 
 
@@ -128,7 +128,7 @@ class CompleteCheckpoints(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir():
+        if folder.is_dir() and state.is_world_process_zero:
             tmp = folder / f".{COMPLETE}.tmp"
             tmp.write_text(f"{state.global_step}\n")
             os.replace(tmp, folder / COMPLETE)

@@ -1,17 +1,25 @@
-"""``RolloutPool``: N ``RolloutWorker`` Ray actors, requests split across them, dead workers restarted and re-synced.
+"""``RolloutPool``: N ``RolloutWorker`` Ray actors; requests spread by load, dead or stuck workers replaced.
+
+Spreading: a ``generate`` call is cut into fixed chunks (``chunk_size`` prompts; by default one chunk per worker),
+and each idle worker takes the next chunk, so a fast worker serves more of them than a slow one. Chunk ``i`` is
+sampled with seed ``seed + i * CHUNK_SEED_STRIDE`` whichever worker serves it, so results do not depend on which
+worker was free first (all workers hold the same weights).
 
 Recovery: actors are created with ``max_restarts``, so Ray re-runs a dead worker's constructor (engine back on the
-original checkpoint, version 0). Before any shard is (re)sent to a worker, the pool checks its version and re-applies
-the latest published weights if it is behind, so a batch is never sampled from a stale policy. A shard that fails is
-retried (on the restarted worker, or another live one) up to ``request_retries`` times, then ``RolloutError`` says
-which prompts failed where and why.
+original checkpoint, version 0). Before any chunk is (re)sent to a worker, the pool checks its version and re-applies
+the latest published weights if it is behind, so a batch is never sampled from a stale policy. A chunk whose worker
+dies, or does not answer within ``request_timeout_s`` (the worker is then killed and restarted by Ray), goes back to
+the queue for another worker, up to ``request_retries`` times; then ``RolloutError`` says which prompts failed where
+and why.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +33,7 @@ from hyrl.rollout.weights import NamedTensors, ObjectStoreTransport, WeightHandl
 from hyrl.rollout.worker import RolloutWorker
 
 _WORKER_LOST = (RayActorError, ActorUnavailableError, GetTimeoutError)
+CHUNK_SEED_STRIDE = 104_729  # chunk i samples with seed + i * stride (a prime, so chunk seeds never collide)
 
 
 class RolloutError(RuntimeError):
@@ -39,8 +48,12 @@ class PoolConfig:
     num_cpus_per_worker: float = 1.0
     num_gpus_per_worker: float = 0.0
     max_restarts: int = 3  # per worker, by Ray
-    request_retries: int = 2  # extra attempts per shard after a failure
+    request_retries: int = 2  # extra attempts per chunk after a failure
     restart_timeout_s: float = 300.0  # how long to wait for a restarted worker's engine
+    request_timeout_s: float | None = None  # a chunk not back by then is re-queued and its worker restarted
+    chunk_size: int | None = None  # prompts per request; None: one chunk per worker
+    placement_group: Any = None  # a Ray placement group to place workers in (bundle i for worker i)
+    bundle_offset: int = 0  # worker i goes to bundle bundle_offset + i
 
 
 def init_ray(run_dir: str | Path, num_cpus: int = 2, object_store_mib: int = 256) -> Path:
@@ -69,12 +82,7 @@ class RolloutPool:
     def __init__(self, engine: EngineConfig, cfg: PoolConfig | None = None) -> None:
         self.engine, self.cfg = engine, cfg or PoolConfig()
         self.transport = ObjectStoreTransport()
-        actor = ray.remote(RolloutWorker).options(
-            num_cpus=self.cfg.num_cpus_per_worker, num_gpus=self.cfg.num_gpus_per_worker,
-            max_restarts=self.cfg.max_restarts, max_task_retries=0,
-            runtime_env={"env_vars": engine_env(engine)},
-        )
-        self.workers = [actor.remote(engine.to_dict(), i) for i in range(self.cfg.num_workers)]
+        self.workers = [self._actor(i) for i in range(self.cfg.num_workers)]
         self.version = 0
         self.latest: WeightHandle | None = None
         self.resyncs = 0  # how many times a (restarted) worker got the latest weights re-applied
@@ -82,34 +90,77 @@ class RolloutPool:
         ray.get([w.health.remote() for w in self.workers], timeout=self.cfg.restart_timeout_s)
 
     def generate(self, prompts: list[list[int]] | list[str], sampling: Sampling | None = None) -> RolloutBatch:
-        """Sample all prompts, split into one contiguous shard per worker; order of the input is kept."""
-        bounds = _split(len(prompts), len(self.workers))
-        shards = [prompts[a:b] for a, b in bounds]
-        results: list[RolloutBatch | None] = [None] * len(shards)
-        attempts = [0] * len(shards)
-        pending = {self._submit(i, i, shards[i], sampling): (i, i) for i in range(len(shards)) if shards[i]}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            shard, worker = pending.pop(done[0])
+        """Sample all prompts; chunks go to whichever worker is idle; the order of the input is kept."""
+        sampling = sampling or Sampling()
+        bounds = self.chunks(len(prompts))
+        results: list[RolloutBatch | None] = [None] * len(bounds)
+        attempts = [0] * len(bounds)
+        queue = deque(range(len(bounds)))
+        inflight: dict[ray.ObjectRef, tuple[int, int, float]] = {}  # ref -> (chunk, worker, sent at)
+        out: set[int] = set()  # workers lost or killed during this call: no new chunks for them
+
+        def fail(chunk: int, worker: int, why: str, err: BaseException | None = None) -> None:
+            attempts[chunk] += 1
+            if attempts[chunk] > self.cfg.request_retries:
+                a, b = bounds[chunk]
+                raise RolloutError(f"prompts [{a}, {b}) could not be served after {attempts[chunk]} attempts; last "
+                                   f"failure on worker {worker}: {why}") from err
+            self.retries += 1
+            queue.appendleft(chunk)
+
+        while queue or inflight:
+            busy = {w for _, w, _ in inflight.values()}
+            idle = [w for w in range(len(self.workers)) if w not in busy and w not in out]
+            if queue and not idle and not inflight:  # every worker is gone for now: wait for one to come back
+                idle, out = [self._pick_worker(min(out))], set()
+            for worker in idle:
+                if not queue:
+                    break
+                chunk = queue.popleft()
+                try:
+                    ref = self._submit(worker, prompts[slice(*bounds[chunk])], _chunk_sampling(sampling, chunk))
+                except _WORKER_LOST:  # still restarting (from an earlier call): skip it in this one
+                    out.add(worker)
+                    queue.appendleft(chunk)
+                    continue
+                inflight[ref] = (chunk, worker, time.monotonic())
+            if not inflight:
+                continue
+            wait_s = None
+            if self.cfg.request_timeout_s is not None:
+                oldest = min(t for _, _, t in inflight.values())
+                wait_s = max(0.0, oldest + self.cfg.request_timeout_s - time.monotonic())
+            done, _ = ray.wait(list(inflight), num_returns=1, timeout=wait_s)
+            if not done:  # the oldest chunk is overdue: give it to another worker, replace the stuck one
+                ref = min(inflight, key=lambda r: inflight[r][2])
+                chunk, worker, _ = inflight.pop(ref)
+                ray.kill(self.workers[worker], no_restart=False)
+                out.add(worker)
+                fail(chunk, worker, f"no answer within request_timeout_s={self.cfg.request_timeout_s:g} s "
+                                    "(worker killed; Ray restarts it)")
+                continue
+            chunk, worker, _ = inflight.pop(done[0])
             try:
-                results[shard] = ray.get(done[0])
+                results[chunk] = ray.get(done[0])
             except _WORKER_LOST as err:
-                attempts[shard] += 1
-                if attempts[shard] > self.cfg.request_retries:
-                    a, b = bounds[shard]
-                    raise RolloutError(
-                        f"prompts [{a}, {b}) could not be served after {attempts[shard]} attempts; last failure on "
-                        f"worker {worker}: {type(err).__name__}: {err}"
-                    ) from err
-                worker = self._pick_worker(worker)
-                self.retries += 1
-                pending[self._submit(worker, shard, shards[shard], sampling)] = (shard, worker)
+                out.add(worker)
+                fail(chunk, worker, f"{type(err).__name__}: {err}", err)
         return RolloutBatch.concat([r for r in results if r is not None])
 
-    def update_weights(self, named: NamedTensors, version: int | None = None) -> list[dict[str, Any]]:
-        """Publish once, load on every live worker; raises (and keeps the old version) if a worker refuses."""
+    def chunks(self, n: int) -> list[tuple[int, int]]:
+        """The [start, end) prompt ranges one ``generate`` of ``n`` prompts is cut into (fixed for a given n)."""
+        if n == 0:
+            return []
+        size = self.cfg.chunk_size or -(-n // len(self.workers))
+        return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+    def update_weights(self, named: NamedTensors, version: int | None = None,
+                       bucket_bytes: int | None = None) -> list[dict[str, Any]]:
+        """Publish once (in buckets of ``bucket_bytes``), load on every live worker; raises (and keeps the old
+        version) if a worker refuses."""
         version = self.version + 1 if version is None else version
-        handle = self.transport.publish(named, version)
+        transport = ObjectStoreTransport(bucket_bytes) if bucket_bytes else self.transport
+        handle = transport.publish(named, version)
         refs = [w.update_weights.remote(handle) for w in self.workers]
         reports: list[dict[str, Any]] = []
         for i, ref in enumerate(refs):
@@ -122,6 +173,15 @@ class RolloutPool:
             raise RolloutError(f"checksum mismatch after update on workers {[r['worker_id'] for r in bad]}")
         self.version, self.latest = version, handle
         return reports
+
+    def sleep(self, level: int = 1) -> None:
+        """Free the engines' GPU memory for a colocated learner step (level 1: weights to host memory, KV cache
+        dropped). GPU only: vLLM's sleep mode does nothing on CPU, so this raises there."""
+        ray.get([w.sleep.remote(level) for w in self.workers])
+
+    def wake_up(self) -> None:
+        """Undo ``sleep`` before the next weight push and rollout."""
+        ray.get([w.wake_up.remote() for w in self.workers])
 
     def health(self) -> list[dict[str, Any]]:
         """Each worker's report, or {'ok': False, 'error': ...} for one that does not answer in 10 s."""
@@ -139,13 +199,28 @@ class RolloutPool:
         self.workers = []
 
     # --- internals ---
-    def _submit(self, worker: int, shard: int, prompts: list, sampling: Sampling | None) -> ray.ObjectRef:
-        self._sync(worker)
+    def _actor(self, i: int):
+        """Worker ``i`` as a restartable Ray actor (in its placement-group bundle when the pool has one)."""
+        options: dict[str, Any] = dict(
+            num_cpus=self.cfg.num_cpus_per_worker, num_gpus=self.cfg.num_gpus_per_worker,
+            max_restarts=self.cfg.max_restarts, max_task_retries=0,
+            runtime_env={"env_vars": engine_env(self.engine)},
+        )
+        if self.cfg.placement_group is not None:
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                self.cfg.placement_group, placement_group_bundle_index=self.cfg.bundle_offset + i)
+        return ray.remote(RolloutWorker).options(**options).remote(self.engine.to_dict(), i)
+
+    def _submit(self, worker: int, prompts: list, sampling: Sampling) -> ray.ObjectRef:
+        self._sync(worker, timeout_s=self.cfg.request_timeout_s or self.cfg.restart_timeout_s)
         return self.workers[worker].generate.remote(prompts, sampling)
 
-    def _sync(self, worker: int) -> None:
+    def _sync(self, worker: int, timeout_s: float | None = None) -> None:
         """Wait for the worker to be up; re-apply the latest weights if it restarted on older ones."""
-        report = ray.get(self.workers[worker].health.remote(), timeout=self.cfg.restart_timeout_s)
+        timeout_s = timeout_s or self.cfg.restart_timeout_s
+        report = ray.get(self.workers[worker].health.remote(), timeout=timeout_s)
         if self.latest is not None and report["version"] < self.version:
             ray.get(self.workers[worker].update_weights.remote(self.latest), timeout=self.cfg.restart_timeout_s)
             self.resyncs += 1
@@ -184,12 +259,8 @@ class RolloutPool:
         return self.health()
 
 
-def _split(n: int, parts: int) -> list[tuple[int, int]]:
-    """Contiguous, near-equal [start, end) ranges covering 0..n."""
-    base, extra = divmod(n, parts)
-    bounds, start = [], 0
-    for i in range(parts):
-        end = start + base + (1 if i < extra else 0)
-        bounds.append((start, end))
-        start = end
-    return bounds
+def _chunk_sampling(sampling: Sampling, chunk: int) -> Sampling:
+    """Chunk ``chunk``'s sampling settings: its own seed, the same whichever worker serves it."""
+    if sampling.seed is None:
+        return sampling
+    return dataclasses.replace(sampling, seed=sampling.seed + chunk * CHUNK_SEED_STRIDE)

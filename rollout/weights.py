@@ -4,8 +4,9 @@ Flow per RL step: the learner calls ``transport.publish(named_tensors, version)`
 ``WeightHandle``; every rollout worker gets the handle, calls ``transport.receive(handle)`` for the tensors, checks
 them (checksum, names, shapes) and only then loads them, so a bad update leaves the engine on its old weights.
 
-- ``ObjectStoreTransport`` (CPU): the whole state dict is one ``ray.put`` of numpy arrays; workers read it zero-copy
-  from shared memory (no per-parameter RPC; PLATFORM.md: a 10 MB state dict moves in ~25 ms as numpy).
+- ``ObjectStoreTransport`` (CPU): the state dict goes into the object store as numpy arrays, one ``ray.put`` per
+  bucket; workers read them zero-copy from shared memory (no per-parameter RPC; PLATFORM.md: a 10 MB state dict
+  moves in ~25 ms as numpy).
 - ``NcclTransport`` (GPU, not exercised on CPU CI): tensors are packed into fixed-size buckets and broadcast from the
   learner (rank 0) to every engine over a stateless NCCL group (vLLM's ``StatelessProcessGroup`` +
   ``PyNcclCommunicator``), so no tensor goes through Python pickling or the object store.
@@ -44,10 +45,13 @@ def checksum(named: NamedTensors) -> str:
     """blake2b over names, dtypes, shapes and raw bytes, in the given order (deterministic across processes)."""
     h = hashlib.blake2b(digest_size=16)
     for name, t in named:
-        t = t.detach().contiguous().cpu()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(_to_numpy(t).tobytes())
+        _hash_into(h, name, t.detach().contiguous().cpu())
     return h.hexdigest()
+
+
+def _hash_into(h, name: str, t: torch.Tensor) -> None:
+    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+    h.update(_to_numpy(t).tobytes())
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -85,27 +89,48 @@ class WeightTransport(Protocol):
 
 
 class ObjectStoreTransport:
-    """CPU path: one ``ray.put`` of numpy arrays per update; zero-copy reads on the workers' node."""
+    """CPU path: the tensors go into Ray's object store in buckets (one ``ray.put`` each, filled as the learner's
+    iterator yields them, so the learner holds at most one bucket of host copies); zero-copy reads on the workers'
+    node."""
+
+    def __init__(self, bucket_bytes: int = 256 << 20) -> None:
+        self.bucket_bytes = bucket_bytes
 
     def publish(self, named: NamedTensors, version: int) -> WeightHandle:
         import ray
 
-        tensors = [(n, t.detach().contiguous().cpu()) for n, t in named]
-        arrays = {n: _to_numpy(t) for n, t in tensors}
-        return WeightHandle(
-            version=version,
-            checksum=checksum(tensors),
-            shapes={n: tuple(t.shape) for n, t in tensors},
-            dtypes={n: str(t.dtype) for n, t in tensors},
-            ref=ray.put(arrays),
-        )
+        h = hashlib.blake2b(digest_size=16)
+        shapes: dict[str, tuple[int, ...]] = {}
+        dtypes: dict[str, str] = {}
+        refs, buckets, bucket, used = [], [], {}, 0
+
+        def flush() -> None:
+            nonlocal bucket, used
+            if bucket:
+                refs.append(ray.put(bucket))
+                buckets.append(list(bucket))
+            bucket, used = {}, 0
+
+        for name, t in named:
+            t = t.detach().contiguous().cpu()
+            _hash_into(h, name, t)
+            shapes[name], dtypes[name] = tuple(t.shape), str(t.dtype)
+            if bucket and used + t.numel() * t.element_size() > self.bucket_bytes:
+                flush()
+            bucket[name] = _to_numpy(t)
+            used += t.numel() * t.element_size()
+        flush()
+        return WeightHandle(version=version, checksum=h.hexdigest(), shapes=shapes, dtypes=dtypes, ref=refs,
+                            buckets=buckets)
 
     def receive(self, handle: WeightHandle) -> Iterator[tuple[str, torch.Tensor]]:
         import ray
 
-        arrays = ray.get(handle.ref) if isinstance(handle.ref, ray.ObjectRef) else handle.ref
-        for name in handle.shapes:
-            yield name, _from_numpy(arrays[name], handle.dtypes[name])
+        refs = handle.ref if isinstance(handle.ref, list) else [handle.ref]
+        for ref in refs:
+            arrays = ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
+            for name, array in arrays.items():
+                yield name, _from_numpy(array, handle.dtypes[name])
 
 
 def plan_buckets(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], bucket_bytes: int) -> list[list[str]]:

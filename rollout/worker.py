@@ -117,6 +117,22 @@ class RolloutWorker:
             save_file({n: t.detach().contiguous().cpu() for n, t in named}, f.name)
             self.llm.collective_rpc("hyrl_load_file", args=(f.name,))
 
+    def sleep(self, level: int = 1) -> None:
+        """Release GPU memory while a colocated learner steps (vLLM sleep mode; the engine needs
+        ``enable_sleep_mode=True``)."""
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("rollout sleep/wake (colocated learner and rollout) needs GPUs: vLLM's sleep mode "
+                               "frees GPU memory and is unavailable on CPU; use ray.placement: separate")
+        self.llm.sleep(level=level)
+        self.asleep = True
+
+    def wake_up(self) -> None:
+        if getattr(self, "asleep", False):
+            self.llm.wake_up()
+            self.asleep = False
+
     def checkpoint_shapes(self) -> dict[str, tuple[int, ...]] | None:
         """Names and shapes accepted by ``update_weights`` (from the engine's model)."""
         return self.llm.collective_rpc("hyrl_checkpoint_shapes")[0]

@@ -114,6 +114,7 @@ def test_worker_crash_recovers(rollout_pool, tiny_model_dir) -> None:
     killer.join()
     assert killed_at and rollout_pool.retries == retries + 1, "worker 0 must die while its shard is in flight"
     assert len(batch) == 16 and batch.num_tokens == 16 * 400 and batch.policy_version == version
+    assert set(batch.worker_ids) == {1}, "the dead worker's prompts must be re-queued to the live one"
     assert _max_delta(batch, new) <= 1e-5
 
     health = rollout_pool.wait_ready()  # Ray restarted worker 0 on the checkpoint; the pool re-applies `version`
