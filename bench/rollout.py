@@ -13,7 +13,7 @@ Per prompt length P the batch is as many sequences of P + G tokens as the engine
 ``--max-batch``): B random prompts x G sampled tokens (``ignore_eos``, temperature 1) in one ``generate``.
 tok/s = generated tokens / wall time (prefill included). Cache MiB/seq = the engine's cache blocks for P + G tokens in
 every cache group (attention pages, the GDN state slot, sliding windows) x bytes per block, read from the engine's
-own KV cache config. Mismatch: ``--mismatch-seqs`` sequences at the smallest P are sampled with log-probs, then the
+own KV cache config. Mismatch: ``--mismatch-seqs`` sequences at the first P are sampled with log-probs, then the
 learner (bf16, its layers streamed to the GPU one at a time, so the engine's memory needs no freeing) scores the same
 tokens: mean and max of the k3 KL estimate and max |delta log-prob| (``hyrl.rollout.mismatch``).
 """
