@@ -81,8 +81,9 @@ def _pool_answers(ctx: RunContext, prompts: list[str]) -> list[str]:
     init_ray(ctx.run_dir, num_cpus=2)
     pool = None
     try:
-        pool = RolloutPool(EngineConfig(model=str(Path(t.path).resolve()), run_dir=str(ctx.run_dir), seed=r.seed,
-                                        max_model_len=512), PoolConfig(num_workers=r.rollout.num_workers))
+        engine = EngineConfig(model=str(Path(t.path).resolve()), run_dir=str(ctx.run_dir), seed=r.seed,
+                              max_model_len=r.rollout.max_model_len, enforce_eager=r.rollout.enforce_eager)
+        pool = RolloutPool(engine, PoolConfig(num_workers=r.rollout.num_workers))
         ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
         batch = pool.generate(ids, Sampling(max_tokens=r.rollout.max_new_tokens, temperature=t.temperature,
                                             seed=r.seed))

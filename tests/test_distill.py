@@ -120,7 +120,8 @@ def _accuracy(model_dir: Path) -> float:
 def test_offline_and_logit_kd_improve_the_student(mode: str, teachers: dict[str, Path], tmp_path: Path,
                                                   train) -> None:
     run = tmp_path / mode
-    train(f"distill_{mode}_tiny.yaml", run, f"algo.teacher.path={teachers['strong']}", "optim.max_steps=120")
+    train(f"distill_{mode}_tiny.yaml", run, f"algo.teacher.path={teachers['strong']}", "optim.max_steps=120",
+          "rollout.enforce_eager=true")
     before, after = _accuracy(run / "init"), _accuracy(run / "final")
     assert after >= before + 0.3, f"{mode}: held-out accuracy {before:.3f} -> {after:.3f}"
     if mode == "offline":

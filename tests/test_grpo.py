@@ -77,7 +77,7 @@ def test_weight_sync_every_step(default_run: Path) -> None:
 
 def test_resume_is_exact(default_run: Path, tmp_path: Path) -> None:
     common = [f"model.path={default_run / 'warm_start' / 'final'}", "algo.warm_start=null", "optim.max_steps=4",
-              "checkpoint.every_n_steps=1", "checkpoint.keep_last=5"]
+              "checkpoint.every_n_steps=1", "checkpoint.keep_last=5", "rollout.enforce_eager=true"]
     full = tmp_path / "full"
     _train(full, *common)
     resumed = tmp_path / "resumed"
@@ -111,7 +111,8 @@ def async_run(default_run: Path) -> tuple[Path, str]:
     (default_run.parent / "user_rewards" / "my_rewards.py").write_text(FLAKY)
     out = _train(run_dir, f"model.path={default_run / 'warm_start' / 'final'}", "algo.warm_start=null",
                  "optim.max_steps=6", "rollout.max_staleness=1", "algo.rewards=[exact_match,my_rewards:flaky]",
-                 "checkpoint.every_n_steps=0", env={"PYTHONPATH": str(default_run.parent / "user_rewards")})
+                 "checkpoint.every_n_steps=0", "rollout.enforce_eager=true",
+                 env={"PYTHONPATH": str(default_run.parent / "user_rewards")})
     return run_dir, out
 
 
