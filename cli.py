@@ -285,11 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hyrl: {args.recipe} is valid ({recipe.algo.type}, run folder {recipe.run_dir})")
         print(f"hyrl: workers: {_workers(recipe)}")
         return 0
+    from hyrl.rl.cluster import ClusterError
     from hyrl.rl.teacher import TeacherError
 
     try:
         train(recipe)
-    except TeacherError as e:
+    except (TeacherError, ClusterError) as e:
         print(f"hyrl: {e}", file=sys.stderr)
         return 2
     return 0

@@ -62,22 +62,41 @@ def place(recipe: Recipe) -> Placement:
     from ray.util.placement_group import placement_group, remove_placement_group
 
     wanted = bundles(recipe)
+    need = {k: sum(b.get(k, 0) for b in wanted) for k in ("CPU", "GPU")}
+
+    def shortfall(what: str) -> ClusterError:
+        have = {k: ray.cluster_resources().get(k, 0) for k in ("CPU", "GPU")}
+        return ClusterError(
+            f"the Ray cluster {what} {len(wanted)} worker bundles ({recipe.ray.strategy}): they need {need['CPU']:g} "
+            f"CPUs and {need['GPU']:g} GPUs, the cluster has {have['CPU']:g} CPUs and {have['GPU']:g} GPUs (fix: "
+            "fewer learner/rollout workers or GPUs per worker, or a larger cluster in ray.address)")
+
+    if recipe.ray.address is None and need["GPU"] > ray.cluster_resources().get("GPU", 0):
+        raise shortfall("started here cannot place")  # a local cluster will not grow: say so now, not after a wait
     group = placement_group(wanted, strategy=recipe.ray.strategy)
     try:
         ray.get(group.ready(), timeout=recipe.ray.placement_timeout_s)
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(group)
-        need = {k: sum(b.get(k, 0) for b in wanted) for k in ("CPU", "GPU")}
-        have = {k: ray.cluster_resources().get(k, 0) for k in ("CPU", "GPU")}
-        raise ClusterError(
-            f"the Ray cluster cannot place {len(wanted)} worker bundles ({recipe.ray.strategy}) within "
-            f"{recipe.ray.placement_timeout_s:g} s: they need {need['CPU']:g} CPUs and {need['GPU']:g} GPUs, the "
-            f"cluster has {have['CPU']:g} CPUs and {have['GPU']:g} GPUs (fix: fewer learner/rollout workers, fewer "
-            "GPUs per worker, or a larger cluster in ray.address)") from None
+        raise shortfall(f"could not place within {recipe.ray.placement_timeout_s:g} s") from None
     n = recipe.learner.num_workers
     if recipe.ray.placement == "colocate":
         return Placement(group, list(range(n)), 0)
     return Placement(group, list(range(n)), n)
+
+
+def check_local_gpus(recipe: Recipe) -> None:
+    """Before any work: a local cluster (no ``ray.address``) has this machine's GPUs, no more."""
+    import torch
+
+    need = sum(b.get("GPU", 0) for b in bundles(recipe))
+    have = torch.cuda.device_count()
+    if recipe.ray.address is None and need > have:
+        raise ClusterError(
+            f"the recipe's workers need {need:g} GPUs (learner: {recipe.learner.num_workers} x "
+            f"{recipe.learner.num_gpus_per_worker:g}, rollout: {recipe.rollout.num_workers} x "
+            f"{recipe.rollout.num_gpus_per_worker:g}) and this machine has {have} (fix: run it where the GPUs are, "
+            "join a cluster with ray.address, or set learner/rollout.num_gpus_per_worker: 0 for CPU)")
 
 
 @contextmanager

@@ -208,12 +208,13 @@ def warm_start(ctx: RunContext) -> RunContext:
 def train_grpo(ctx: RunContext, teacher_dir: Path | None = None) -> dict[str, Any]:
     """Place the rollout pool and the learner workers on Ray and train; returns rank 0's summary, plus every
     learner's final ``weights_checksum`` and the rollout workers' health reports."""
-    from hyrl.rl.cluster import cluster, place
+    from hyrl.rl.cluster import check_local_gpus, cluster, place
     from hyrl.rl.learners import LearnerGroup
     from hyrl.rollout.engine import EngineConfig
     from hyrl.rollout.pool import PoolConfig, RolloutPool
 
     r = ctx.recipe
+    check_local_gpus(r)
     if r.algo.warm_start is not None:
         ctx = warm_start(ctx)
     with cluster(r, ctx.run_dir):

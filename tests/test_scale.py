@@ -203,3 +203,18 @@ def test_colocated_sleep_frees_gpu_memory(tiny_model_dir, tmp_path) -> None:
     after = worker.generate([[5, 6, 7]], sampling)
     assert freed > 0.2 * torch.cuda.mem_get_info()[1] * 0.3, f"sleep freed only {freed / 2**20:.0f} MiB"
     assert after.completion_ids == before.completion_ids
+
+
+def test_gpu_recipe_on_a_cpu_machine_fails_at_once_naming_the_shortfall(tmp_path) -> None:
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has the GPUs the recipe asks for")
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "hyrl.cli", "train", str(root / "recipes" / "grpo_2xh200.yaml"),
+                           f"logging.run_dir={tmp_path / 'run'}", "logging.progress=false"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "need 2 GPUs (learner: 1 x 1, rollout: 1 x 1) and this machine has" in proc.stderr
+    assert "Traceback" not in proc.stderr and time.monotonic() - t0 < 120  # before the warm start, not after
