@@ -1,8 +1,8 @@
 """The recipe schema: typed configs that mirror the YAML, one per component, validated before anything runs.
 
 A recipe is ``name``, ``seed`` and the sections ``model``, ``data``, ``algo`` (a union keyed on ``type``), ``optim``,
-``rollout``, ``eval``, ``checkpoint`` and ``logging``. Unknown keys and wrong types are errors that name the field
-path and the fix, e.g. ``algo.beta: expected a number, got 'high'``.
+``rollout``, ``learner``, ``ray``, ``eval``, ``checkpoint`` and ``logging``. Unknown keys and wrong types are errors
+that name the field path and the fix, e.g. ``algo.beta: expected a number, got 'high'``.
 """
 
 from __future__ import annotations

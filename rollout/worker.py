@@ -35,6 +35,7 @@ class RolloutWorker:
         self.version = 0
         self.weights_checksum = ""
         self.started_at = time.time()
+        self.asleep = False  # colocated mode: GPU memory handed to the learner (``sleep``)
 
     def generate(self, prompts: list[list[int]] | list[str], sampling: Sampling | None = None) -> RolloutBatch:
         """Sample completions; token ids or text prompts; ``sampling.n`` samples per prompt, prompt-major."""
@@ -129,7 +130,7 @@ class RolloutWorker:
         self.asleep = True
 
     def wake_up(self) -> None:
-        if getattr(self, "asleep", False):
+        if self.asleep:
             self.llm.wake_up()
             self.asleep = False
 
