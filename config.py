@@ -219,6 +219,9 @@ class RayConfig(Section):
         "PACK", description="Ray placement-group strategy over the workers' bundles (PACK: as few nodes as possible)")
     num_cpus: PositiveInt | None = Field(None, description="local cluster only: logical CPUs (default: enough for "
                                          "the workers)")
+    object_store_mib: PositiveInt = Field(256, description="local cluster only: Ray's shared-memory object store, "
+                                          "which holds one published copy of the weights (give it ~2x the model's "
+                                          "bytes, e.g. 32768 for a 7B in bf16)")
     placement_timeout_s: PositiveFloat = Field(120.0, description="how long to wait for the cluster to have room")
 
 

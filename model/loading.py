@@ -40,6 +40,7 @@ def load_causal_lm(
     return cls.from_pretrained(str(path), dtype=dtype)
 
 
-def save_causal_lm(model: PreTrainedModel, out_dir: str | Path) -> None:
-    """Save ``model`` as an HF folder that transformers, hyrl and vLLM all load."""
-    model.save_pretrained(str(out_dir))
+def save_causal_lm(model: PreTrainedModel, out_dir: str | Path, state_dict: dict | None = None) -> None:
+    """Save ``model`` (or ``state_dict`` in its architecture: gathered shards) as an HF folder that transformers,
+    hyrl and vLLM all load."""
+    model.save_pretrained(str(out_dir), state_dict=state_dict)

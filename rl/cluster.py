@@ -114,10 +114,12 @@ def cluster(recipe: Recipe, run_dir: Path):
         ray.init(address=recipe.ray.address, log_to_driver=False, ignore_reinit_error=True)
     else:
         need = sum(b["CPU"] for b in bundles(recipe))
-        temp = init_ray(run_dir, num_cpus=recipe.ray.num_cpus or max(2, math.ceil(need)))
+        temp = init_ray(run_dir, num_cpus=recipe.ray.num_cpus or max(2, math.ceil(need)),
+                        object_store_mib=recipe.ray.object_store_mib)
     try:
         yield
     finally:
         ray.shutdown()
-        if temp is not None and not temp.is_relative_to(run_dir):
+        if temp is not None and not temp.is_relative_to(run_dir):  # a short /tmp folder that run_dir/ray links to
             shutil.rmtree(temp, ignore_errors=True)
+            (run_dir / "ray").unlink(missing_ok=True)

@@ -159,7 +159,7 @@ class Learner:
         return free_port()
 
     def train(self, rank: int = 0, world_size: int = 1, addr: str = "127.0.0.1", port: int = 0) -> dict[str, Any]:
-        from hyrl.rl.learners import full_named_tensors, join_group
+        from hyrl.rl.learners import full_named_tensors, gathered_state_dict, join_group
         from hyrl.rl.run import finish
         from hyrl.rollout.weights import checksum
 
@@ -174,14 +174,16 @@ class Learner:
         trainer.rollout_func.close()
         trainer.rollout_func.sync(trainer)
         weights = checksum(full_named_tensors(trainer.model))
-        summary = {"rank": rank, "steps": trainer.state.global_step, "weights_checksum": weights}
+        state = gathered_state_dict(trainer.model)  # sharded weights: every rank gathers, rank 0 saves
+        summary = {"rank": rank, "steps": trainer.state.global_step, "weights_checksum": weights,
+                   "reward_failures": trainer.reward_failures.messages}  # each rank scores its own completions
         if lead:
             after = held_out_accuracy(self.pool, trainer.processing_class, self.ctx.recipe)
             self.ctx.metrics.log(trainer.state.global_step, {"eval/accuracy": after})
-            finish(self.ctx, trainer, ["reward", "eval/accuracy", "mismatch/kl", "time/step_seconds"])
+            finish(self.ctx, trainer, ["reward", "eval/accuracy", "mismatch/kl", "time/step_seconds"], state)
             summary.update(accuracy_before=before, accuracy_after=after, policy_version=self.pool.version,
                            rollout_retries=self.pool.retries, rollout_resyncs=self.pool.resyncs,
-                           reward_failures=trainer.reward_failures.messages, resumed_from=resumed_from)
+                           resumed_from=resumed_from)
         return summary
 
 
@@ -238,6 +240,7 @@ def train_grpo(ctx: RunContext, teacher_dir: Path | None = None) -> dict[str, An
                 env={"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
             summaries = learners.train()
             summary = {**summaries[0], "weights_checksums": [s["weights_checksum"] for s in summaries],
+                       "reward_failures": [m for s in summaries for m in s["reward_failures"]],
                        "rollout_health": pool.health()}
         finally:
             pool.shutdown()

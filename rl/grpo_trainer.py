@@ -69,7 +69,11 @@ class HyrlGRPOTrainer(GRPOTrainer):
                                                    inputs["completion_ids"], mask, self.temperature)
             advantages = advantages.view(advantages.shape[0], -1) * self._correction_weights(learner_logp,
                                                                                              rollout_logp, mask)
-        if self.state.global_step in self.reward_failures.failed_steps:
+        failed = self.state.global_step in self.reward_failures.failed_steps
+        if self.accelerator.num_processes > 1:  # a reward failed on any learner worker: the whole step is skipped
+            flag = torch.tensor([float(failed)], device=self.accelerator.device)
+            failed = bool(self.accelerator.gather(flag).max().item())
+        if failed:
             advantages = torch.zeros_like(advantages)
             self.add_metrics({"reward/skipped_step": 1.0})
         return super().compute_loss(model, {**inputs, "advantages": advantages}, return_outputs, num_items_in_batch)

@@ -9,6 +9,7 @@ weights (under FSDP2 every rank takes part in gathering each full tensor first).
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 from collections.abc import Iterator
@@ -35,8 +36,10 @@ def join_group(rank: int, world_size: int, addr: str, port: int) -> None:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(0)  # Ray gives each learner actor its own GPU, visible as device 0
+    # Rank 0 alone measures held-out accuracy and runs in-loop evaluation while the others wait in a collective:
+    # allow that an hour (NCCL's default is 10 minutes).
     torch.distributed.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=rank,
-                                         world_size=world_size)
+                                         world_size=world_size, timeout=datetime.timedelta(hours=1))
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -51,6 +54,19 @@ def full_named_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tens
         if hasattr(t, "full_tensor"):
             t = t.full_tensor()
         yield name, t.detach()
+
+
+def gathered_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """Sharded models: the full weights on rank 0's host (every rank takes part in the gathers; others get None).
+    Unsharded: None (the model saves itself)."""
+    if not is_sharded(model):
+        return None
+    rank = rank_and_world()[0]
+    full = {}
+    for name, t in full_named_tensors(model):
+        if rank == 0:
+            full[name] = t.cpu()
+    return full if rank == 0 else None
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

@@ -147,12 +147,13 @@ def resume_point(ctx: RunContext) -> str | None:
     return str(ckpts[-1])
 
 
-def finish(ctx: RunContext, trainer, plot_keys: list[str]) -> None:
-    """Save the final model + tokenizer, close the metrics and draw the curves."""
+def finish(ctx: RunContext, trainer, plot_keys: list[str], state_dict: dict | None = None) -> None:
+    """Save the final model (``state_dict``: its gathered weights, when sharded) + tokenizer, close the metrics and
+    draw the curves."""
     from hyrl.model.loading import save_causal_lm
     from hyrl.tracking import plot_metrics, read_metrics
 
-    save_causal_lm(trainer.model, ctx.final_dir)
+    save_causal_lm(trainer.model, ctx.final_dir, state_dict)
     trainer.processing_class.save_pretrained(str(ctx.final_dir))
     ctx.metrics.close()
     records = read_metrics(ctx.metrics.path)

@@ -67,6 +67,8 @@ def init_ray(run_dir: str | Path, num_cpus: int = 2, object_store_mib: int = 256
     temp = Path(run_dir) / "ray"
     if len(str(temp)) > 40:
         short = Path(tempfile.mkdtemp(prefix="hyrl_ray_", dir="/tmp"))
+        if temp.is_symlink():  # left by an earlier start of this run (e.g. before a resume); its target is gone
+            temp.unlink()
         if not temp.exists():
             temp.symlink_to(short, target_is_directory=True)
         temp = short
@@ -119,9 +121,9 @@ class RolloutPool:
                 chunk = queue.popleft()
                 try:
                     ref = self._submit(worker, prompts[slice(*bounds[chunk])], _chunk_sampling(sampling, chunk))
-                except _WORKER_LOST:  # still restarting (from an earlier call): skip it in this one
+                except _WORKER_LOST as err:  # still restarting, or stuck: skip it in this call
                     out.add(worker)
-                    queue.appendleft(chunk)
+                    fail(chunk, worker, f"not ready: {type(err).__name__}", err)
                     continue
                 inflight[ref] = (chunk, worker, time.monotonic())
             if not inflight:
@@ -165,7 +167,7 @@ class RolloutPool:
         reports: list[dict[str, Any]] = []
         for i, ref in enumerate(refs):
             try:
-                reports.append(ray.get(ref))
+                reports.append(ray.get(ref, timeout=self.cfg.request_timeout_s or self.cfg.restart_timeout_s))
             except _WORKER_LOST:  # re-synced when next used
                 reports.append({"worker_id": i, "version": None, "lost": True})
         bad = [r for r in reports if not r.get("lost") and r["checksum"] != handle.checksum]
@@ -177,11 +179,19 @@ class RolloutPool:
     def sleep(self, level: int = 1) -> None:
         """Free the engines' GPU memory for a colocated learner step (level 1: weights to host memory, KV cache
         dropped). GPU only: vLLM's sleep mode does nothing on CPU, so this raises there."""
-        ray.get([w.sleep.remote(level) for w in self.workers])
+        self._each("sleep", level)
 
     def wake_up(self) -> None:
         """Undo ``sleep`` before the next weight push and rollout."""
-        ray.get([w.wake_up.remote() for w in self.workers])
+        self._each("wake_up")
+
+    def _each(self, method: str, *args) -> None:
+        """Call ``method`` on every worker; a lost one is skipped (it comes back awake, and is re-synced)."""
+        for ref in [getattr(w, method).remote(*args) for w in self.workers]:
+            try:
+                ray.get(ref, timeout=self.cfg.restart_timeout_s)
+            except _WORKER_LOST:
+                continue
 
     def health(self) -> list[dict[str, Any]]:
         """Each worker's report, or {'ok': False, 'error': ...} for one that does not answer in 10 s."""

@@ -59,18 +59,23 @@ def test_buckets_respect_the_byte_budget_and_order() -> None:
 
 
 @pytest.mark.ray
-def test_object_store_streams_in_buckets(ray_cluster) -> None:
-    """Published bucket by bucket as the iterator yields (the learner never builds the whole list); received in
-    order with the same checksum."""
+def test_object_store_streams_in_buckets(ray_cluster, monkeypatch) -> None:
+    """Each bucket goes into the object store as soon as it is full, before the learner's iterator yields the next
+    tensor (so the learner never holds more than a bucket of host copies); received in order, same checksum."""
+    import ray
+
     named = [(f"w{i}", torch.randn(64, 16)) for i in range(5)] + [("h", torch.randn(8).to(torch.bfloat16))]
-    seen: list[str] = []
+    events: list[str] = []
+    put = ray.put
+    monkeypatch.setattr(ray, "put", lambda value, **kw: (events.append("put:" + ",".join(value)), put(value, **kw))[1])
 
     def lazily():
         for name, t in named:
-            seen.append(name)
+            events.append(name)
             yield name, t
 
     handle = ObjectStoreTransport(bucket_bytes=2 * 64 * 16 * 4).publish(lazily(), version=3)
-    assert seen == [n for n, _ in named] and len(handle.ref) == 3 and handle.buckets[0] == ["w0", "w1"]
+    assert events == ["w0", "w1", "w2", "put:w0,w1", "w3", "w4", "put:w2,w3", "h", "put:w4,h"]
+    assert len(handle.ref) == 3 and handle.buckets[0] == ["w0", "w1"]
     got = list(ObjectStoreTransport().receive(handle))
     assert [n for n, _ in got] == [n for n, _ in named] and checksum(got) == checksum(named) == handle.checksum

@@ -128,19 +128,26 @@ def test_stuck_worker_times_out_and_is_replaced(rollout_pool) -> None:
 @pytest.mark.vllm
 @pytest.mark.ray
 def test_chunks_are_seeded_by_position_not_by_worker(rollout_pool) -> None:
-    """More chunks than workers: whichever worker takes a chunk, a seeded request gives the same samples."""
-    g = torch.Generator().manual_seed(3)
-    prompts = [torch.randint(3, 300, (6,), generator=g).tolist() for _ in range(6)]
+    """One prompt per chunk, the same prompt everywhere: every chunk samples differently (its own seed), and chunk i
+    gives the same sample whichever worker serves it (each chunk re-run by hand on each worker)."""
+    import ray
+
+    from hyrl.rollout.pool import _chunk_sampling
+
+    prompts = [[11, 12, 13, 14]] * 4
+    sampling = Sampling(max_tokens=12, seed=5)
     size = rollout_pool.cfg.chunk_size
     try:
         rollout_pool.cfg.chunk_size = 1
-        assert len(rollout_pool.chunks(6)) == 6
-        first = rollout_pool.generate(prompts, Sampling(max_tokens=12, seed=5))
-        second = rollout_pool.generate(prompts, Sampling(max_tokens=12, seed=5))
+        assert rollout_pool.chunks(4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+        batch = rollout_pool.generate(prompts, sampling)
     finally:
         rollout_pool.cfg.chunk_size = size
-    assert first.completion_ids == second.completion_ids
-    assert len({tuple(c) for c in first.completion_ids}) > 1
+    assert len({tuple(c) for c in batch.completion_ids}) > 1, "chunks of the same prompt sampled the same tokens"
+    for i in range(4):
+        for worker in rollout_pool.workers:
+            again = ray.get(worker.generate.remote(prompts[i:i + 1], _chunk_sampling(sampling, i)))
+            assert again.completion_ids == batch.completion_ids[i:i + 1], (i, again.worker_ids)
 
 
 def _recipe(tmp_path, text: str):
@@ -218,3 +225,21 @@ def test_gpu_recipe_on_a_cpu_machine_fails_at_once_naming_the_shortfall(tmp_path
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "need 2 GPUs (learner: 1 x 1, rollout: 1 x 1) and this machine has" in proc.stderr
     assert "Traceback" not in proc.stderr and time.monotonic() - t0 < 120  # before the warm start, not after
+
+
+@pytest.mark.ray
+def test_ray_folder_link_survives_a_restart_of_the_run(ray_cluster, tmp_path) -> None:
+    """A long run folder links ``ray`` to a short /tmp folder that is removed after the run; resuming in the same
+    folder must replace the dangling link, not fail on it."""
+    import shutil
+
+    from hyrl.rollout.pool import init_ray
+
+    run_dir = tmp_path / ("a-long-run-folder-name-" * 3)
+    run_dir.mkdir()
+    first = init_ray(run_dir)  # Ray already runs in this process: only the folders are made
+    shutil.rmtree(first)
+    assert (run_dir / "ray").is_symlink() and not (run_dir / "ray").exists()
+    second = init_ray(run_dir)
+    assert (run_dir / "ray").resolve() == second.resolve() and second.is_dir()
+    shutil.rmtree(second)
