@@ -64,25 +64,19 @@ def place(recipe: Recipe) -> Placement:
     wanted = bundles(recipe)
     need = {k: sum(b.get(k, 0) for b in wanted) for k in ("CPU", "GPU")}
 
-    def shortfall(what: str) -> ClusterError:
-        have = {k: ray.cluster_resources().get(k, 0) for k in ("CPU", "GPU")}
-        return ClusterError(
-            f"the Ray cluster {what} {len(wanted)} worker bundles ({recipe.ray.strategy}): they need {need['CPU']:g} "
-            f"CPUs and {need['GPU']:g} GPUs, the cluster has {have['CPU']:g} CPUs and {have['GPU']:g} GPUs (fix: "
-            "fewer learner/rollout workers or GPUs per worker, or a larger cluster in ray.address)")
-
-    if recipe.ray.address is None and need["GPU"] > ray.cluster_resources().get("GPU", 0):
-        raise shortfall("started here cannot place")  # a local cluster will not grow: say so now, not after a wait
     group = placement_group(wanted, strategy=recipe.ray.strategy)
     try:
         ray.get(group.ready(), timeout=recipe.ray.placement_timeout_s)
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(group)
-        raise shortfall(f"could not place within {recipe.ray.placement_timeout_s:g} s") from None
+        have = {k: ray.cluster_resources().get(k, 0) for k in ("CPU", "GPU")}
+        raise ClusterError(
+            f"the Ray cluster could not place {len(wanted)} worker bundles ({recipe.ray.strategy}) within "
+            f"{recipe.ray.placement_timeout_s:g} s: they need {need['CPU']:g} CPUs and {need['GPU']:g} GPUs, the "
+            f"cluster has {have['CPU']:g} CPUs and {have['GPU']:g} GPUs (fix: fewer learner/rollout workers or GPUs "
+            "per worker, or a larger cluster in ray.address)") from None
     n = recipe.learner.num_workers
-    if recipe.ray.placement == "colocate":
-        return Placement(group, list(range(n)), 0)
-    return Placement(group, list(range(n)), n)
+    return Placement(group, list(range(n)), 0 if recipe.ray.placement == "colocate" else n)
 
 
 def check_local_gpus(recipe: Recipe) -> None:

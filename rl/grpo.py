@@ -106,7 +106,7 @@ def build_trainer(ctx: RunContext, pool, teacher_dir: Path | None = None) -> Hyr
     dataset = grpo_dataset(r)
     rollout = PoolRollout(pool, tokenizer, sampling, max_staleness=r.rollout.max_staleness,
                           upcoming=upcoming_prompts(dataset["prompt"], algo.prompts_per_step, algo.num_generations),
-                          colocated=r.ray.placement == "colocate", bucket_bytes=r.learner.sync_bucket_mib << 20)
+                          colocated=r.ray.placement == "colocate")
     trainer_ref: list = []
     trainer = HyrlGRPOTrainer(
         model=load_causal_lm(ctx.init_model_dir, r.model.implementation), reward_funcs=rewards,
@@ -230,7 +230,7 @@ def train_grpo(ctx: RunContext, teacher_dir: Path | None = None) -> dict[str, An
             num_workers=r.rollout.num_workers, num_cpus_per_worker=r.rollout.num_cpus_per_worker,
             num_gpus_per_worker=r.rollout.num_gpus_per_worker, request_timeout_s=r.rollout.request_timeout_s,
             chunk_size=r.rollout.chunk_size, placement_group=placement.group,
-            bundle_offset=placement.rollout_bundle_offset))
+            bundle_offset=placement.rollout_bundle_offset, bucket_mib=r.learner.sync_bucket_mib))
         try:
             teacher = str(teacher_dir) if teacher_dir else None
             learners = LearnerGroup(

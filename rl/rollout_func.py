@@ -32,11 +32,9 @@ from hyrl.rollout.batch import RolloutBatch, Sampling
 
 class PoolRollout:
     def __init__(self, pool, tokenizer: PreTrainedTokenizerBase, sampling: Sampling, *, max_staleness: int = 0,
-                 upcoming: Callable[[int], list[str]] | None = None, colocated: bool = False,
-                 bucket_bytes: int = 256 << 20):
+                 upcoming: Callable[[int], list[str]] | None = None, colocated: bool = False):
         self.pool, self.tokenizer, self.sampling = pool, tokenizer, sampling
         self.max_staleness, self.upcoming, self.colocated = max_staleness, upcoming, colocated
-        self.bucket_bytes = bucket_bytes
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if max_staleness else None
         self._prefetch: tuple[int, list[str], Future] | None = None
 
@@ -101,8 +99,8 @@ class PoolRollout:
     def sync(self, trainer) -> None:
         """Push the learner's weights if it has stepped since the last push (policy version = learner step).
 
-        Every rank calls this at the same points; rank 0 pushes. Weights are streamed to the pool in buckets, so
-        the learner never holds more than one bucket of extra (gathered or host) copies.
+        Every rank calls this at the same points; rank 0 pushes. The pool takes the weights as an iterator, in
+        buckets, so the learner never holds more than one bucket of extra (gathered or host) copies.
         """
         from hyrl.rl.learners import full_named_tensors, is_sharded, rank_and_world
 
@@ -128,7 +126,7 @@ class PoolRollout:
             for _ in named:  # take part in the gathers; rank 0 sends
                 pass
             return
-        self.pool.update_weights(named, version=step, bucket_bytes=self.bucket_bytes)
+        self.pool.update_weights(named, version=step)
         trainer.add_metrics({"sync/seconds": time.perf_counter() - t0})
 
     def close(self) -> None:

@@ -54,6 +54,7 @@ class PoolConfig:
     chunk_size: int | None = None  # prompts per request; None: one chunk per worker
     placement_group: Any = None  # a Ray placement group to place workers in (bundle i for worker i)
     bundle_offset: int = 0  # worker i goes to bundle bundle_offset + i
+    bucket_mib: int = 256  # weight updates go into the object store in buckets of this size
 
 
 def init_ray(run_dir: str | Path, num_cpus: int = 2, object_store_mib: int = 256) -> Path:
@@ -83,7 +84,7 @@ class RolloutPool:
 
     def __init__(self, engine: EngineConfig, cfg: PoolConfig | None = None) -> None:
         self.engine, self.cfg = engine, cfg or PoolConfig()
-        self.transport = ObjectStoreTransport()
+        self.transport = ObjectStoreTransport(self.cfg.bucket_mib << 20)
         self.workers = [self._actor(i) for i in range(self.cfg.num_workers)]
         self.version = 0
         self.latest: WeightHandle | None = None
@@ -156,13 +157,11 @@ class RolloutPool:
         size = self.cfg.chunk_size or -(-n // len(self.workers))
         return [(a, min(a + size, n)) for a in range(0, n, size)]
 
-    def update_weights(self, named: NamedTensors, version: int | None = None,
-                       bucket_bytes: int | None = None) -> list[dict[str, Any]]:
-        """Publish once (in buckets of ``bucket_bytes``), load on every live worker; raises (and keeps the old
-        version) if a worker refuses."""
+    def update_weights(self, named: NamedTensors, version: int | None = None) -> list[dict[str, Any]]:
+        """Publish once (streamed in ``cfg.bucket_mib`` buckets), load on every live worker; raises (and keeps the
+        old version) if a worker refuses."""
         version = self.version + 1 if version is None else version
-        transport = ObjectStoreTransport(bucket_bytes) if bucket_bytes else self.transport
-        handle = transport.publish(named, version)
+        handle = self.transport.publish(named, version)
         refs = [w.update_weights.remote(handle) for w in self.workers]
         reports: list[dict[str, Any]] = []
         for i, ref in enumerate(refs):
