@@ -48,14 +48,16 @@ def mismatch(rollout_lp: Sequence[Sequence[float]], learner_lp: Sequence[Sequenc
 
 @torch.no_grad()
 def learner_logprobs(
-    model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
+    model: torch.nn.Module, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
+    temperature: float = 1.0,
 ) -> list[list[float]]:
-    """Log-probs of each completion token under an HF causal LM (one unpadded forward per sequence, fp32)."""
+    """Log-probs of each completion token under an HF causal LM at the sampling ``temperature`` (one unpadded
+    forward per sequence, fp32)."""
     out: list[list[float]] = []
     device = next(model.parameters()).device
     for prompt, completion in zip(prompt_ids, completion_ids):
         ids = torch.tensor([list(prompt) + list(completion)], device=device)
-        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float() / temperature
         lp = logits.log_softmax(-1).gather(-1, torch.tensor(completion, device=device)[:, None])[:, 0]
         out.append(lp.cpu().tolist())
     return out
