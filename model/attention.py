@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import OlmoHybridConfig
 
+from hyrl.kernels.gdn.reference import upcast
 from hyrl.model.cache import HybridCache
 
 
@@ -27,7 +28,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
+        x32 = upcast(x)
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return (self.weight * x32).to(x.dtype)
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import OlmoHybridConfig
 
-from hyrl.kernels.gdn.reference import gdn_reference
+from hyrl.kernels.gdn.reference import gdn_reference, upcast
 from hyrl.kernels.gdn.torch_chunk import chunk_gdn_torch
 from hyrl.model.cache import GDNLayerState
 
@@ -48,9 +48,9 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, x_NV: torch.Tensor, gate_NV: torch.Tensor) -> torch.Tensor:
         dtype = x_NV.dtype
-        x32 = x_NV.float()
+        x32 = upcast(x_NV)
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (self.weight * x32.to(dtype) * F.silu(gate_NV.float())).to(dtype)
+        return (self.weight * x32.to(dtype) * F.silu(upcast(gate_NV))).to(dtype)
 
 
 def position_in_document(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
@@ -180,7 +180,7 @@ class GatedDeltaNet(nn.Module):
             q_BTHK = q_BTHK.repeat_interleave(self.num_heads // self.num_k_heads, dim=2)
             k_BTHK = k_BTHK.repeat_interleave(self.num_heads // self.num_k_heads, dim=2)
         beta_BTH = self.b_proj(x_BTD).sigmoid() * (2.0 if self.allow_neg_eigval else 1.0)
-        g_BTH = -self.A_log.float().exp() * F.softplus(self.a_proj(x_BTD).float() + self.dt_bias)
+        g_BTH = -upcast(self.A_log).exp() * F.softplus(upcast(self.a_proj(x_BTD)) + self.dt_bias)
         o_BTHV, new_state_BHKV = gdn_core(
             q_BTHK,
             k_BTHK,

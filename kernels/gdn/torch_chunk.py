@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hyrl.kernels.gdn.reference import l2norm
+from hyrl.kernels.gdn.reference import l2norm, upcast
 
 CHUNK = 64
 
@@ -55,11 +55,11 @@ def chunk_gdn_torch(
         raise ValueError(f"cu_seqlens needs a packed batch of size 1, got batch {q.shape[0]}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     out_dtype = v.dtype
-    q, k, v, g, beta = (x.float() for x in (q, k, v, g, beta))
+    q, k, v, g, beta = (upcast(x) for x in (q, k, v, g, beta))
     if use_qk_l2norm:
         q, k = l2norm(q), l2norm(k)
     if initial_state is not None:
-        initial_state = initial_state.float()
+        initial_state = upcast(initial_state)
     if cu_seqlens is None:
         o_BTHV, final_BHKV = _chunk_batched(q, k, v, g, beta, scale, initial_state)
         return o_BTHV.to(out_dtype), final_BHKV if output_final_state else None
