@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from hyrl.eval.generate import Generator
 from hyrl.eval.metrics import summarize
-from hyrl.tasks import Task, Verdict, get_task
+from hyrl.tasks import Task, Verdict, get_task, split_examples
 
 
 @dataclass
@@ -76,7 +76,7 @@ def evaluate_tasks(generate: Generator, tasks: dict[str, Task], settings: EvalSe
     """Per task: metrics (``summarize`` + verifier errors, prompt tokens, a few failure reasons) and per-sample rows."""
     results, rows = {}, []
     for key, task in tqdm(tasks.items(), desc="tasks", disable=not progress, leave=False):
-        examples = task.make(settings.num_examples, settings.seed)
+        examples = split_examples(task, settings.num_examples, settings.seed, "eval")
         gens = generate([e.prompt for e in examples], n=settings.samples, max_tokens=settings.max_new_tokens,
                         temperature=settings.sampling_temperature, seed=settings.seed)
         scores, errors, reasons = [], 0, []
@@ -150,7 +150,7 @@ def run_eval(checkpoints: list[str | Path], settings: EvalSettings, out_dir: Pat
         entries.append((check_checkpoint(baseline), True))
     tasks = build_tasks(settings)
     for task in tasks.values():  # bad files / fields fail here, before any engine starts
-        task.make(1, settings.seed)
+        split_examples(task, 1, settings.seed, "eval")
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     probe = get_task("arithmetic").make(settings.probe_prompts, settings.seed + 1)
@@ -168,7 +168,7 @@ def run_eval(checkpoints: list[str | Path], settings: EvalSettings, out_dir: Pat
                 need = settings.max_new_tokens + max(
                     len(tokenizer(p, add_special_tokens=False).input_ids)
                     for p in [long_prompt, *(e.prompt for t in tasks.values()
-                                             for e in t.make(settings.num_examples, settings.seed))])
+                                             for e in split_examples(t, settings.num_examples, settings.seed, "eval"))])
                 arch = {**_arch(path), "_need": need}
                 if pool is not None and arch == pool_arch:  # same architecture: new weights, same engines
                     pool.update_weights(read_folder(path))

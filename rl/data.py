@@ -8,14 +8,15 @@ import random
 from datasets import Dataset
 
 from hyrl.config import DataConfig
-from hyrl.tasks import Example, get_task
+from hyrl.tasks import Example, get_task, split_examples
 
 
 def load_examples(data: DataConfig, split: str) -> list[Example]:
-    """Train or held-out examples: task examples from the split's seed, or rows of ``data.path``."""
+    """Train or held-out examples: the task's examples of that split (disjoint by prompt, see ``split_examples``)
+    drawn with the split's seed, or rows of ``data.path``."""
     n, seed = (data.num_train, data.train_seed) if split == "train" else (data.num_eval, data.eval_seed)
     if data.path is None:
-        return get_task(data.task, **data.task_options).make(n, seed)
+        return split_examples(get_task(data.task, **data.task_options), n, seed, split)
     rows = [json.loads(line) for line in data.path.read_text().splitlines() if line.strip()]
     rng = random.Random(seed)
     rng.shuffle(rows)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from hyrl.tasks.arithmetic import Arithmetic
-from hyrl.tasks.base import Example, Task, Verdict
+from hyrl.tasks.base import Example, Task, Verdict, is_held_out, split_examples
 from hyrl.tasks.files import FileTask, is_task_file
 from hyrl.tasks.needle import Needle
 from hyrl.tasks.parity import Parity
@@ -46,4 +46,7 @@ def all_task_text(n_per_task: int = 200, seed: int = 0) -> list[str]:
     return [ex.prompt + ex.answer for task in TRAINING_TASKS for ex in task.make(n_per_task, seed)]
 
 
-__all__ = ["TASKS", "TRAINING_TASKS", "Example", "FileTask", "Task", "Verdict", "all_task_text", "get_task"]
+__all__ = [
+    "TASKS", "TRAINING_TASKS", "Example", "FileTask", "Task", "Verdict", "all_task_text", "get_task", "is_held_out",
+    "split_examples",
+]
