@@ -244,22 +244,15 @@ def train(recipe: Recipe) -> None:
 
 
 def _report(ctx) -> None:
-    from transformers import AutoTokenizer
+    """The run's held-out accuracy, first and last evaluation (the numbers ``hyrl eval`` gives with the same
+    settings), to the console and ``summary.txt``."""
+    from hyrl.eval.in_loop import accuracy_summary
 
-    from hyrl.eval.greedy import greedy_accuracy
-    from hyrl.model.loading import load_causal_lm
-    from hyrl.rl.data import load_examples
-    from hyrl.tasks import get_task
-
-    r = ctx.recipe
-    model = load_causal_lm(ctx.final_dir, r.model.implementation)
-    tokenizer = AutoTokenizer.from_pretrained(str(ctx.final_dir))
-    acc = greedy_accuracy(model, tokenizer, get_task(r.data.task, **r.data.task_options), load_examples(r.data, "eval"),
-                          r.rollout.max_new_tokens)
-    with open(ctx.run_dir / "summary.txt", "w") as f:
-        f.write(f"held-out greedy accuracy on {r.data.task}: {acc:.3f}\n")
-    print(f"hyrl: {r.name} done -> {ctx.final_dir} (held-out greedy accuracy {acc:.3f}; curves in "
-          f"{ctx.run_dir / 'curves.png'})")
+    summary = accuracy_summary(ctx)
+    (ctx.run_dir / "summary.txt").write_text(summary + "\n")
+    for line in summary.splitlines():
+        print(f"hyrl: {ctx.recipe.name}: {line}")
+    print(f"hyrl: {ctx.recipe.name} done -> {ctx.final_dir} (curves in {ctx.run_dir / 'curves.png'})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -226,13 +226,14 @@ class RayConfig(Section):
 
 
 class EvalConfig(Section):
-    """In-loop evaluation (``hyrl eval`` takes the same settings as flags)."""
+    """Held-out evaluation during training (``hyrl eval`` takes the same settings as flags). Every run is evaluated
+    at its start and end with these settings; ``every_n_steps`` adds evaluations in between."""
 
-    every_n_steps: int = Field(0, ge=0, description="0 disables in-loop evaluation")
+    every_n_steps: int = Field(0, ge=0, description="0: only at the start and the end of the run")
     tasks: list[str] = Field(default_factory=list, description="task families or files; default: data.task")
     task_options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per task, e.g. "
                                                     "{arithmetic: {max_digits: 1}}; default: data.task_options")
-    num_examples: PositiveInt = 64
+    num_examples: PositiveInt | None = Field(None, description="held-out prompts; default: data.num_eval")
     num_samples: PositiveInt = Field(1, description="samples per prompt; pass@k is logged up to this k")
     temperature: NonNegativeFloat | None = Field(None, description="default: 0 for one sample, 1 for several")
     max_new_tokens: PositiveInt | None = Field(None, description="default: rollout.max_new_tokens")

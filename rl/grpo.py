@@ -130,17 +130,6 @@ def _synced(rollout: PoolRollout, trainer, pool, tokenizer: PreTrainedTokenizerB
     return EngineGenerator(pool, tokenizer)
 
 
-def held_out_accuracy(pool, tokenizer: PreTrainedTokenizerBase, recipe: Recipe) -> float:
-    """Greedy accuracy on the held-out prompts, sampled by the rollout pool's current policy."""
-    from hyrl.tasks import get_task
-
-    examples, task = load_examples(recipe.data, "eval"), get_task(recipe.data.task, **recipe.data.task_options)
-    ids = [tokenizer(e.prompt, add_special_tokens=False).input_ids for e in examples]
-    batch = pool.generate(ids, Sampling(max_tokens=recipe.rollout.max_new_tokens, temperature=0.0))
-    texts = tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
-    return sum(task.verify(t, e.answer).score for t, e in zip(texts, examples)) / max(1, len(examples))
-
-
 class Learner:
     """One learner worker (a Ray actor): TRL's GRPO trainer, data-parallel with the other workers; rank 0 also
     owns the rollout pool it was handed (rollouts, weight pushes, held-out accuracy, the final model)."""
@@ -166,9 +155,6 @@ class Learner:
         join_group(rank, world_size, addr, port)
         trainer = build_trainer(self.ctx, self.pool, self.teacher_dir)
         lead = rank == 0
-        before = held_out_accuracy(self.pool, trainer.processing_class, self.ctx.recipe) if lead else None
-        if lead:
-            self.ctx.metrics.log(trainer.state.global_step, {"eval/accuracy": before})
         resumed_from = resume_point(self.ctx)
         trainer.train(resume_from_checkpoint=resumed_from)
         trainer.rollout_func.close()
@@ -178,10 +164,8 @@ class Learner:
         summary = {"rank": rank, "steps": trainer.state.global_step, "weights_checksum": weights,
                    "reward_failures": trainer.reward_failures.messages}  # each rank scores its own completions
         if lead:
-            after = held_out_accuracy(self.pool, trainer.processing_class, self.ctx.recipe)
-            self.ctx.metrics.log(trainer.state.global_step, {"eval/accuracy": after})
-            finish(self.ctx, trainer, ["reward", "eval/accuracy", "mismatch/kl", "time/step_seconds"], state)
-            summary.update(accuracy_before=before, accuracy_after=after, policy_version=self.pool.version,
+            finish(self.ctx, trainer, ["reward", "mismatch/kl", "time/step_seconds"], state)
+            summary.update(policy_version=self.pool.version,
                            rollout_retries=self.pool.retries, rollout_resyncs=self.pool.resyncs,
                            resumed_from=resumed_from)
         return summary
@@ -252,7 +236,6 @@ def train_grpo(ctx: RunContext, teacher_dir: Path | None = None) -> dict[str, An
         print(f"hyrl: resumed from {summary['resumed_from']}")
     for message in summary["reward_failures"]:
         print(f"hyrl: {message} (that step contributed no gradient)")
-    print(f"hyrl: {r.name}: held-out accuracy {summary['accuracy_before']:.3f} -> {summary['accuracy_after']:.3f} "
-          f"after {summary['steps']} GRPO steps ({r.learner.num_workers} learner, {r.rollout.num_workers} rollout "
-          "workers)")
+    print(f"hyrl: {r.name}: {summary['steps']} GRPO steps ({r.learner.num_workers} learner, {r.rollout.num_workers} "
+          "rollout workers)")
     return summary
