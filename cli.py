@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from hyrl.config import Recipe, RecipeError, load_recipe
+from hyrl.console import quiet_third_party
 
 EXAMPLES = """examples:
   hyrl validate recipes/sft_tiny.yaml
@@ -256,6 +257,7 @@ def _report(ctx) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_third_party()
     args = _parser().parse_args(argv)
     if args.command == "tiny":
         from hyrl.model.presets import build_tiny_dense_model, build_tiny_model

@@ -396,16 +396,44 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+SHIPPED_RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+def shipped_outputs() -> dict[Path, Path]:
+    """Each shipped recipe's final model folder (``<run_dir>/final``, from the working directory) -> the recipe.
+
+    Recipes that start from another's result (DPO from SFT, distillation from a teacher) name such a folder; on a
+    fresh clone it does not exist yet, and this says which run makes it.
+    """
+    import yaml
+
+    out = {}
+    for recipe in sorted(SHIPPED_RECIPES.glob("*.yaml")):
+        raw = yaml.safe_load(recipe.read_text()) or {}
+        run_dir = (raw.get("logging") or {}).get("run_dir") or Path("runs") / str(raw.get("name", recipe.stem))
+        out[(Path(run_dir) / "final").resolve()] = recipe
+    return out
+
+
+def _missing_model(field: str, path: Path, fix: str) -> str:
+    """``field: ...`` for a model folder without config.json; names the command that makes it when one does."""
+    recipe = shipped_outputs().get(path.resolve())
+    if recipe is None:
+        what = "no such folder" if not path.exists() else "no config.json in folder"
+        return f"{field}: {what} {str(path)!r} (fix: {fix})"
+    shown = recipe.relative_to(Path.cwd()) if recipe.is_relative_to(Path.cwd()) else recipe
+    what = "does not exist" if not path.exists() else "has no config.json (an unfinished run?)"
+    return f"{field}: {path} {what}; produce it with: hyrl train {shown}"
+
+
 def check_paths(recipe: Recipe) -> list[str]:
     """Problems with files the recipe names (checked after the schema, before anything starts)."""
     problems = []
     path = recipe.model.path
     if path is not None and not (path / "config.json").is_file():
-        what = "no such folder" if not path.exists() else "no config.json in folder"
-        problems.append(
-            f"model.path: {what} {str(path)!r} (fix: point it at a Hugging Face model folder, or remove it to"
-            f" build the tiny '{recipe.model.preset}' preset; for a run's output use <run_dir>/final)"
-        )
+        problems.append(_missing_model(
+            "model.path", path, f"point it at a Hugging Face model folder, or remove it to build the tiny "
+            f"'{recipe.model.preset}' preset; for a run's output use <run_dir>/final"))
     try:
         from hyrl.tasks import get_task
 
@@ -424,9 +452,8 @@ def check_paths(recipe: Recipe) -> list[str]:
             problems.append(f"eval.tasks[{i}]: {e}")
     teacher = getattr(recipe.algo, "teacher", None)
     if teacher is not None and teacher.path is not None and not (teacher.path / "config.json").is_file():
-        what = "no such folder" if not teacher.path.exists() else "no config.json in folder"
-        problems.append(f"algo.teacher.path: {what} {str(teacher.path)!r} (fix: a Hugging Face model folder, e.g. "
-                        "a teacher's <run_dir>/final)")
+        problems.append(_missing_model("algo.teacher.path", teacher.path,
+                                       "a Hugging Face model folder, e.g. a teacher's <run_dir>/final"))
     if recipe.data.path is not None and not recipe.data.path.is_file():
         problems.append(f"data.path: no such file {str(recipe.data.path)!r} (fix: a JSONL file with prompt/answer)")
     return problems

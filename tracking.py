@@ -51,25 +51,118 @@ def read_metrics(path: Path) -> list[dict]:
     return records
 
 
-def plot_metrics(records: list[dict], keys: Iterable[str], out: Path, title: str = "") -> Path | None:
-    """One panel per metric key against step; keys never logged are left out. Returns the PNG path."""
+# --- curves.png --------------------------------------------------------------------------------------------------
+# A panel is a name: "accuracy" (every eval/.../accuracy key: held-out greedy from step 0, in-loop per task),
+# "step_time" (time/step_seconds split into rollout wait / weight sync / learner), "mismatch/kl" (log scale), or
+# any other metric key (a line; raw + moving average for SMOOTHED). Panels with no data are left out.
+
+GRPO_PANELS = ("reward", "accuracy", "mismatch/kl", "step_time")
+TRAIN_PANELS = ("loss", "grad_norm", "learning_rate", "accuracy")
+SMOOTHED = ("reward", "loss", "grad_norm")
+Series = dict[str, tuple[list[float], list[float]]]  # label -> (steps, values)
+
+
+def moving_average(values: list[float], half_width: int) -> list[float]:
+    """Centred moving average over ``2 * half_width + 1`` points, the window cut short at either end. Centred, so
+    the smoothed curve does not lag the raw one (an EMA would)."""
+    out = []
+    for i in range(len(values)):
+        window = values[max(0, i - half_width) : i + half_width + 1]
+        out.append(sum(window) / len(window))
+    return out
+
+
+def _series(records: list[dict], key: str, *, positive: bool = False) -> tuple[list[float], list[float]]:
+    points = [(r["step"], r[key]) for r in records if key in r and (r[key] > 0 or not positive)]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _step_time(records: list[dict]) -> Series:
+    """Per logged step: rollout wait, weight sync and the learner's share (the rest) of the step's wall time."""
+    timed = [r for r in records if "time/step_seconds" in r]
+    steps = [r["step"] for r in timed]
+    rollout = [r.get("rollout/wait_seconds", 0.0) for r in timed]
+    sync = [r.get("sync/seconds", 0.0) for r in timed]
+    learner = [max(0.0, r["time/step_seconds"] - a - b) for r, a, b in zip(timed, rollout, sync)]
+    parts = {"rollout wait": rollout, "weight sync": sync, "learner": learner}
+    return {label: (steps, values) for label, values in parts.items() if any(values)}
+
+
+def panel_series(records: list[dict], panel: str) -> Series:
+    """What a panel draws; empty when the run logged none of it (the panel is then left out)."""
+    if panel == "step_time":
+        return _step_time(records)
+    if panel == "accuracy":
+        keys = sorted({k for r in records for k in r if k.startswith("eval/") and k.endswith("accuracy")})
+        return {k[5:].removesuffix("/accuracy"): _series(records, k) for k in keys}
+    steps, values = _series(records, panel, positive=panel == "mismatch/kl")
+    if not values:
+        return {}
+    if panel in SMOOTHED and len(values) >= 8:  # fewer points: a mean over them would only blur them
+        half = max(1, len(values) // 25)
+        return {"raw": (steps, values), f"mean of {2 * half + 1}": (steps, moving_average(values, half))}
+    return {panel: (steps, values)}
+
+
+TITLES = {"step_time": "step time", "accuracy": "eval accuracy", "mismatch/kl": "learner-vs-rollout KL (log)"}
+
+
+def _draw(ax, panel: str, series: Series) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    if panel == "step_time":
+        steps, parts = next(iter(series.values()))[0], [v for _, v in series.values()]
+        ax.stackplot(steps, *parts, labels=list(series), alpha=0.8)
+        ax.set_ylim(0, 1.3 * max(map(sum, zip(*parts))))  # headroom for the legend above the stack
+        ax.set_ylabel("seconds")
+    else:
+        for label, (steps, values) in series.items():
+            raw = panel in SMOOTHED and label == "raw"
+            ax.plot(steps, values, label=label, linewidth=0.8 if raw else 1.6, alpha=0.35 if raw else 1.0,
+                    marker="o" if panel == "accuracy" or len(values) <= 12 else None, markersize=3)
+    if panel == "mismatch/kl":
+        ax.set_yscale("log")
+    if panel == "accuracy":
+        ax.set_ylim(-0.02, 1.02)
+    if len(series) > 1:
+        ax.legend(fontsize=7, loc="upper center" if panel == "step_time" else "best",
+                  ncols=len(series) if panel == "step_time" else 1)
+    ax.set_title(TITLES.get(panel, panel))
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def curves_figure(records: list[dict], panels: Iterable[str], title: str = ""):
+    """A matplotlib figure: a grid of the ``panels`` that have data (see above); None when none has."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = {k: [(r["step"], r[k]) for r in records if k in r] for k in keys}
-    series = {k: v for k, v in series.items() if v}
-    if not series:
+    drawn = {p: s for p in panels if (s := panel_series(records, p))}
+    if not drawn:
         return None
-    fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.2), squeeze=False)
-    for ax, (key, points) in zip(axes[0], series.items()):
-        ax.plot(*zip(*points), marker=".", linewidth=1)
-        ax.set_xlabel("step")
-        ax.set_title(key)
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
+    cols = len(drawn) if len(drawn) <= 3 else 2 if len(drawn) == 4 else 3
+    rows = math.ceil(len(drawn) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), squeeze=False)
+    cells = list(axes.flat)
+    for ax, (panel, series) in zip(cells, drawn.items()):
+        _draw(ax, panel, series)
+    for ax in cells[len(drawn):]:
+        fig.delaxes(ax)
+    fig.suptitle(title, fontsize=13, fontweight="bold")
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    return fig
+
+
+def plot_metrics(records: list[dict], panels: Iterable[str], out: Path, title: str = "") -> Path | None:
+    """Write ``curves_figure`` to ``out``; returns the PNG path, or None when nothing was logged."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(records, panels, title)
+    if fig is None:
+        return None
+    fig.savefig(out, dpi=110)
     plt.close(fig)
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -52,56 +53,80 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _stderr(m: dict[str, Any]) -> float:
+    """Binomial standard error sqrt(p(1-p)/n) of an accuracy over n = prompts x samples; NaN (no error bar drawn)
+    when n is unknown or the error is 0."""
+    n = m.get("num_prompts", 0) * m.get("samples_per_prompt", 0)
+    p = m["accuracy"]
+    return math.sqrt(p * (1 - p) / n) if n > 1 and 0 < p < 1 else math.nan
+
+
+def _accuracy_figure(entries: list[dict[str, Any]], tasks: list[str]):
+    """Bars per task and checkpoint, each labelled with its value, with +-1 standard error."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(tasks) * len(entries) + 1.5), 3.8))
+    width = 0.8 / len(entries)
+    for i, e in enumerate(entries):
+        xs = [j - 0.4 + (i + 0.5) * width for j in range(len(tasks))]
+        ps = [e["tasks"][t]["accuracy"] for t in tasks]
+        errs = [_stderr(e["tasks"][t]) for t in tasks]
+        ax.bar(xs, ps, width * 0.92, yerr=errs, capsize=3, label=_label(e), error_kw={"elinewidth": 0.8})
+        for x, p, err in zip(xs, ps, errs):
+            ax.text(x, p + (0 if math.isnan(err) else err) + 0.02, f"{p:.2f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=20 if max(map(len, tasks)) > 10 else 0)
+    ax.set_ylabel("accuracy (± 1 s.e.)")
+    ax.set_ylim(0, 1.15)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15 if len(tasks) > 1 else -0.1),
+              ncols=min(3, len(entries)), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def _lines_figure(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, ylim=None):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    for label, points in series.items():
+        ax.plot(*zip(*points), marker="o", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    """accuracy.png (per task), recall.png (needle accuracy vs context), memory.png (cache MiB vs context)."""
+    """accuracy.png (per task, with standard errors); recall.png (needle accuracy vs context) when the needle ran at
+    more than one context length; memory.png (cache MiB vs context) when memory was measured."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     entries, written = results["checkpoints"], []
     if not entries:
         return written
-    tasks = [t for t in entries[0]["tasks"] if not t.startswith("needle/")]
+    needles = {_label(e): pts for e in entries if len(pts := _needle_points(e)) > 1}
+    tasks = [t for t in entries[0]["tasks"] if not (needles and t.startswith("needle/"))]  # else: needle as bars
     if tasks:
-        fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(tasks) * len(entries)), 3.4))
-        width = 0.8 / len(entries)
-        for i, e in enumerate(entries):
-            xs = [j + i * width for j in range(len(tasks))]
-            ax.bar(xs, [e["tasks"][t]["accuracy"] for t in tasks], width, label=_label(e))
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks)
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(0, 1)
-        ax.legend(fontsize=7)
-        written.append(_save(fig, out_dir / "accuracy.png"))
-    if any(_needle_points(e) for e in entries):
-        fig, ax = plt.subplots(figsize=(4.6, 3.4))
-        for e in entries:
-            if pts := _needle_points(e):
-                ax.plot(*zip(*pts), marker="o", label=_label(e))
-        ax.set_xlabel("prompt tokens")
-        ax.set_ylabel("needle recall")
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=7)
+        written.append(_save(_accuracy_figure(entries, tasks), out_dir / "accuracy.png"))
+    if needles:
+        fig = _lines_figure(needles, "prompt tokens", "needle recall", ylim=(-0.02, 1.02))
         written.append(_save(fig, out_dir / "recall.png"))
-    if any(e.get("memory") for e in entries):
-        fig, ax = plt.subplots(figsize=(4.6, 3.4))
-        for e in entries:
-            if e.get("memory"):
-                ax.plot([r["context"] for r in e["memory"]], [r["cache_mib"] for r in e["memory"]], marker="o",
-                        label=_label(e))
-        ax.set_xlabel("context length (tokens)")
-        ax.set_ylabel("cache MiB per sequence")
-        ax.legend(fontsize=7)
-        written.append(_save(fig, out_dir / "memory.png"))
+    memory = {_label(e): [(r["context"], r["cache_mib"]) for r in e["memory"]] for e in entries if e.get("memory")}
+    if memory:
+        written.append(_save(_lines_figure(memory, "context length (tokens)", "cache MiB per sequence"),
+                             out_dir / "memory.png"))
     return written
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
     import matplotlib.pyplot as plt
 
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 

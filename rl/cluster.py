@@ -98,6 +98,7 @@ def cluster(recipe: Recipe, run_dir: Path):
     """Join ``ray.address`` or start a local cluster sized for the workers; shut down (or disconnect) after."""
     import ray
 
+    from hyrl.console import RAY_SETUP_HOOK
     from hyrl.rollout.pool import init_ray
 
     temp = None
@@ -105,11 +106,16 @@ def cluster(recipe: Recipe, run_dir: Path):
         import os
 
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address=recipe.ray.address, log_to_driver=False, ignore_reinit_error=True)
+        ray.init(address=recipe.ray.address, log_to_driver=False, ignore_reinit_error=True,
+                 runtime_env={"worker_process_setup_hook": RAY_SETUP_HOOK})
+        print(f"hyrl: Ray worker logs: on the nodes of {recipe.ray.address}, under Ray's temp folder "
+              "(default /tmp/ray/session_latest/logs)")
     else:
         need = sum(b["CPU"] for b in bundles(recipe))
         temp = init_ray(run_dir, num_cpus=recipe.ray.num_cpus or max(2, math.ceil(need)),
                         object_store_mib=recipe.ray.object_store_mib)
+        gone = "" if temp.is_relative_to(run_dir) else " (a /tmp folder, removed when the run ends)"
+        print(f"hyrl: Ray worker logs (learner and rollout output): {temp / 'session_latest' / 'logs'}{gone}")
     try:
         yield
     finally:

@@ -21,7 +21,15 @@ from hyrl.config import DistillAlgo, GRPOAlgo, SFTAlgo
 from hyrl.eval.in_loop import eval_callbacks
 from hyrl.model.loading import load_causal_lm
 from hyrl.rl.data import load_examples, sft_dataset
-from hyrl.rl.run import CompleteCheckpoints, MetricsCallback, RunContext, finish, resume_point, trainer_args
+from hyrl.rl.run import (
+    CompleteCheckpoints,
+    MetricsCallback,
+    RunContext,
+    finish,
+    quiet_console,
+    resume_point,
+    trainer_args,
+)
 from hyrl.rl.teacher import check_same_tokenizer, server_answers, topk_forward_kl, topk_logprobs
 
 
@@ -152,8 +160,9 @@ def logit_kd(ctx: RunContext) -> dict[str, Any]:
         callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints(), *eval_callbacks(ctx)],
         teacher=load_causal_lm(algo.teacher.path, "hyrl"), top_k=algo.top_k,
     )
+    quiet_console(trainer, bar=r.logging.progress)
     trainer.train(resume_from_checkpoint=resume_point(ctx))
-    finish(ctx, trainer, ["loss", "distill/topk_kl", "grad_norm"])
+    finish(ctx, trainer, ("loss", "distill/topk_kl", "grad_norm", "learning_rate", "accuracy"))
     return {}
 
 

@@ -9,7 +9,15 @@ from hyrl.config import DPOAlgo
 from hyrl.eval.in_loop import eval_callbacks
 from hyrl.model.loading import load_causal_lm
 from hyrl.rl.data import dpo_dataset
-from hyrl.rl.run import CompleteCheckpoints, MetricsCallback, RunContext, finish, resume_point, trainer_args
+from hyrl.rl.run import (
+    CompleteCheckpoints,
+    MetricsCallback,
+    RunContext,
+    finish,
+    quiet_console,
+    resume_point,
+    trainer_args,
+)
 
 
 def train_dpo(ctx: RunContext) -> None:
@@ -30,5 +38,6 @@ def train_dpo(ctx: RunContext) -> None:
         processing_class=tokenizer,
         callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints(), *eval_callbacks(ctx)],
     )
+    quiet_console(trainer, bar=recipe.logging.progress)
     trainer.train(resume_from_checkpoint=resume_point(ctx))
-    finish(ctx, trainer, ["loss", "rewards/margins", "rewards/accuracies"])
+    finish(ctx, trainer, ("loss", "rewards/margins", "rewards/accuracies", "grad_norm", "learning_rate", "accuracy"))

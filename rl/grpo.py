@@ -30,8 +30,9 @@ from hyrl.rl.grpo_trainer import HyrlGRPOTrainer
 from hyrl.rl.guard import GuardedReward, RewardFailures
 from hyrl.rl.rewards import get_reward
 from hyrl.rl.rollout_func import PoolRollout
-from hyrl.rl.run import CompleteCheckpoints, MetricsCallback, RunContext, resume_point, trainer_args
+from hyrl.rl.run import CompleteCheckpoints, MetricsCallback, RunContext, quiet_console, resume_point, trainer_args
 from hyrl.rollout.batch import Sampling
+from hyrl.tracking import GRPO_PANELS
 
 # algo.loss -> TRL GRPOConfig settings. gspo is GRPO with sequence-level importance ratios (Zheng et al. 2025);
 # dapo adds the higher upper clip and drops truncated completions (Yu et al. 2025); dr_grpo drops the std scaling.
@@ -117,7 +118,7 @@ def build_trainer(ctx: RunContext, pool, teacher_dir: Path | None = None) -> Hyr
         teacher=load_causal_lm(teacher_dir, "hyrl") if teacher_dir is not None else None,
     )
     trainer_ref.append(trainer)
-    return trainer
+    return quiet_console(trainer, bar=False)  # the driver draws the run's bar from metrics.jsonl (hyrl.rl.progress)
 
 
 def _synced(rollout: PoolRollout, trainer, pool, tokenizer: PreTrainedTokenizerBase):
@@ -164,7 +165,7 @@ class Learner:
         summary = {"rank": rank, "steps": trainer.state.global_step, "weights_checksum": weights,
                    "reward_failures": trainer.reward_failures.messages}  # each rank scores its own completions
         if lead:
-            finish(self.ctx, trainer, ["reward", "mismatch/kl", "time/step_seconds"], state)
+            finish(self.ctx, trainer, GRPO_PANELS, state)
             summary.update(policy_version=self.pool.version,
                            rollout_retries=self.pool.retries, rollout_resyncs=self.pool.resyncs,
                            resumed_from=resumed_from)
@@ -180,6 +181,7 @@ def warm_start(ctx: RunContext) -> RunContext:
     sft_dir = ctx.run_dir / "warm_start"
     if not (sft_dir / "final" / "config.json").is_file():
         sft_recipe = ctx.recipe.model_copy(update={
+            "name": f"{ctx.recipe.name}: SFT warm start",  # the title of warm_start/curves.png
             "algo": SFTAlgo(),
             "optim": OptimConfig(lr=ws.lr, max_steps=ws.steps, batch_size=ws.batch_size, warmup_steps=10),
             "checkpoint": ctx.recipe.checkpoint.model_copy(update={"every_n_steps": 0, "resume": False}),
@@ -196,6 +198,7 @@ def train_grpo(ctx: RunContext, teacher_dir: Path | None = None) -> dict[str, An
     learner's final ``weights_checksum`` and the rollout workers' health reports."""
     from hyrl.rl.cluster import check_local_gpus, cluster, place
     from hyrl.rl.learners import LearnerGroup
+    from hyrl.rl.progress import watch_metrics
     from hyrl.rollout.engine import EngineConfig
     from hyrl.rollout.pool import PoolConfig, RolloutPool
 
@@ -222,7 +225,9 @@ def train_grpo(ctx: RunContext, teacher_dir: Path | None = None) -> dict[str, An
                 num_workers=r.learner.num_workers, num_cpus=r.learner.num_cpus_per_worker,
                 num_gpus=r.learner.num_gpus_per_worker, placement=placement,
                 env={"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
-            summaries = learners.train()
+            with watch_metrics(ctx.run_dir / "metrics.jsonl", r.optim.max_steps, enabled=r.logging.progress,
+                               desc=r.name):
+                summaries = learners.train()
             summary = {**summaries[0], "weights_checksums": [s["weights_checksum"] for s in summaries],
                        "reward_failures": [m for s in summaries for m in s["reward_failures"]],
                        "rollout_health": pool.health()}

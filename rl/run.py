@@ -5,14 +5,20 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from hyrl.config import Recipe, dump_recipe
 from hyrl.tracking import MetricsLog
+
+if TYPE_CHECKING:
+    from transformers import Trainer
 
 
 @dataclass
@@ -88,6 +94,25 @@ class MetricsCallback(TrainerCallback):
             self.metrics.log(state.global_step, logs)
 
 
+class _BarOnly(ProgressCallback):
+    """transformers' step bar without the dict of metrics it writes through the bar at every log (they go to
+    ``metrics.jsonl`` and TensorBoard); the latest loss shows at the bar's end instead."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}")
+
+
+def quiet_console(trainer: Trainer, *, bar: bool) -> Trainer:
+    """Swap the HF trainer's console loggers (``ProgressCallback`` writes each step's logs through its bar,
+    ``PrinterCallback`` prints them when the bar is off) for a bare step bar, or nothing (``bar=False``)."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if bar:
+        trainer.add_callback(_BarOnly)
+    return trainer
+
+
 def trainer_args(ctx: RunContext) -> dict:
     """Arguments shared by TRL's SFTConfig / DPOConfig / GRPOConfig, taken from the recipe."""
     r, o = ctx.recipe, ctx.recipe.optim
@@ -147,16 +172,13 @@ def resume_point(ctx: RunContext) -> str | None:
     return str(ckpts[-1])
 
 
-def finish(ctx: RunContext, trainer, plot_keys: list[str], state_dict: dict | None = None) -> None:
+def finish(ctx: RunContext, trainer, panels: Sequence[str], state_dict: dict | None = None) -> None:
     """Save the final model (``state_dict``: its gathered weights, when sharded) + tokenizer, close the metrics and
-    draw the curves."""
+    draw ``curves.png`` (``panels``: see ``hyrl.tracking.plot_metrics``)."""
     from hyrl.model.loading import save_causal_lm
     from hyrl.tracking import plot_metrics, read_metrics
 
     save_causal_lm(trainer.model, ctx.final_dir, state_dict)
     trainer.processing_class.save_pretrained(str(ctx.final_dir))
     ctx.metrics.close()
-    records = read_metrics(ctx.metrics.path)
-    evals = sorted({k for r in records for k in r if k.startswith("eval/") and k.endswith("/accuracy")})
-    plot_metrics(records, [*plot_keys, *(k for k in evals if k not in plot_keys)], ctx.run_dir / "curves.png",
-                 title=ctx.recipe.name)
+    plot_metrics(read_metrics(ctx.metrics.path), panels, ctx.run_dir / "curves.png", title=ctx.recipe.name)

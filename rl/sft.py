@@ -10,7 +10,16 @@ from hyrl.config import SFTAlgo
 from hyrl.eval.in_loop import eval_callbacks
 from hyrl.model.loading import load_causal_lm
 from hyrl.rl.data import sft_dataset
-from hyrl.rl.run import CompleteCheckpoints, MetricsCallback, RunContext, finish, resume_point, trainer_args
+from hyrl.rl.run import (
+    CompleteCheckpoints,
+    MetricsCallback,
+    RunContext,
+    finish,
+    quiet_console,
+    resume_point,
+    trainer_args,
+)
+from hyrl.tracking import TRAIN_PANELS
 
 
 def train_sft(ctx: RunContext, dataset: Dataset | None = None) -> None:
@@ -28,5 +37,6 @@ def train_sft(ctx: RunContext, dataset: Dataset | None = None) -> None:
         processing_class=tokenizer,
         callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints(), *eval_callbacks(ctx)],
     )
+    quiet_console(trainer, bar=recipe.logging.progress)
     trainer.train(resume_from_checkpoint=resume_point(ctx))
-    finish(ctx, trainer, ["loss", "grad_norm", "learning_rate"])
+    finish(ctx, trainer, TRAIN_PANELS)

@@ -27,6 +27,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
+from hyrl.console import RAY_SETUP_HOOK
 from hyrl.rollout.batch import RolloutBatch, Sampling
 from hyrl.rollout.engine import EngineConfig, engine_env
 from hyrl.rollout.weights import NamedTensors, ObjectStoreTransport, WeightHandle
@@ -75,7 +76,8 @@ def init_ray(run_dir: str | Path, num_cpus: int = 2, object_store_mib: int = 256
         temp = short
     temp.mkdir(parents=True, exist_ok=True)
     ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=object_store_mib << 20,
-             _temp_dir=str(temp), ignore_reinit_error=True, log_to_driver=False)
+             _temp_dir=str(temp), ignore_reinit_error=True, log_to_driver=False,
+             runtime_env={"worker_process_setup_hook": RAY_SETUP_HOOK})
     return temp
 
 

@@ -84,3 +84,37 @@ def test_validate_cli_accepts_a_good_recipe(tmp_path: Path) -> None:
 def test_help(command: list[str]) -> None:
     proc = subprocess.run([sys.executable, "-m", "hyrl.cli", *command], capture_output=True, text=True)
     assert proc.returncode == 0 and "recipe" in proc.stdout.lower()
+
+
+# Shipped recipes that start from another shipped recipe's result: the field, and the recipe that produces it.
+NEEDS_A_RUN = {
+    "dpo_tiny": ("model.path", "sft_tiny"),
+    "distill_offline_tiny": ("algo.teacher.path", "teacher_tiny"),
+    "distill_logit_kd_tiny": ("algo.teacher.path", "teacher_tiny"),
+    "distill_on_policy_tiny": ("algo.teacher.path", "teacher_tiny"),
+}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_runs_on_a_fresh_clone_or_names_its_producer(path: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no runs/ folder: a fresh clone
+    if path.stem not in NEEDS_A_RUN:
+        load_recipe(path)
+        return
+    field, producer = NEEDS_A_RUN[path.stem]
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert err.value.problems == [f"{field}: runs/{producer}/final does not exist; produce it with: hyrl train "
+                                  f"{ROOT / 'recipes' / producer}.yaml"]
+    (tmp_path / "runs" / producer / "final").mkdir(parents=True)
+    (tmp_path / "runs" / producer / "final" / "config.json").write_text("{}")
+    assert load_recipe(path).name == path.stem  # once the producer has run
+
+
+def test_validate_cli_names_the_command_that_makes_a_missing_folder(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "hyrl.cli", "validate", str(ROOT / "recipes/dpo_tiny.yaml")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "model.path: runs/sft_tiny/final does not exist; produce it with: hyrl train " in proc.stderr
+    assert "recipes/sft_tiny.yaml" in proc.stderr

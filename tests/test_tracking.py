@@ -1,0 +1,94 @@
+"""The run's pictures: curves.png panels come only from logged metrics (no empty panel), smoothing is a centred
+moving average, and the evaluation plots carry standard errors and appear only when they have something to show."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from hyrl.eval.report import _stderr, plots
+from hyrl.tracking import GRPO_PANELS, TRAIN_PANELS, curves_figure, moving_average, panel_series, plot_metrics
+
+
+def grpo_records(steps: int = 12) -> list[dict]:
+    records: list[dict] = [{"step": 0, "eval/accuracy": 0.1}]
+    for s in range(1, steps + 1):
+        records.append({"step": s, "reward": s / steps, "mismatch/kl": 1e-4 / s, "time/step_seconds": 2.0,
+                        "rollout/wait_seconds": 0.5, **({"sync/seconds": 0.25} if s > 1 else {})})
+    records += [{"step": steps, "eval/arithmetic/accuracy": 0.4}, {"step": steps, "eval/accuracy": 0.5}]
+    return records
+
+
+def _titles(records: list[dict], panels) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(records, panels, title="t")
+    titles = [a.get_title() for a in fig.axes]
+    plt.close(fig)
+    return titles
+
+
+def test_moving_average_by_hand() -> None:
+    # window 3, cut short at the ends: (0+3)/2, (0+3+6)/3, (3+6+3)/3, (6+3)/2
+    assert moving_average([0.0, 3.0, 6.0, 3.0], 1) == [1.5, 3.0, 4.0, 4.5]
+    assert moving_average([2.0, 4.0], 0) == [2.0, 4.0]
+
+
+def test_grpo_curves_have_the_four_panels(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    assert plot_metrics(grpo_records(), GRPO_PANELS, tmp_path / "curves.png", title="grpo_tiny")
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    fig = curves_figure(grpo_records(), GRPO_PANELS, title="grpo_tiny")
+    assert [a.get_title() for a in fig.axes] == ["reward", "eval accuracy", "learner-vs-rollout KL (log)",
+                                                 "step time"]
+    assert fig.axes[2].get_yscale() == "log"
+    assert all(a.lines or a.collections for a in fig.axes), "every panel draws something"
+    assert fig.get_suptitle() == "grpo_tiny"
+    plt.close(fig)
+
+
+def test_missing_keys_leave_no_empty_panel(tmp_path: Path) -> None:
+    records = [{"step": s, "reward": 0.5, "mismatch/kl": 0.0} for s in range(1, 5)]  # KL <= 0 cannot go on a log axis
+    assert _titles(records, GRPO_PANELS) == ["reward"]
+    sft = [{"step": s, "loss": 1.0 / s, "learning_rate": 1e-3} for s in range(1, 5)]
+    assert _titles(sft, TRAIN_PANELS) == ["loss", "learning_rate"]
+    assert plot_metrics([{"step": 1, "epoch": 0.1}], TRAIN_PANELS, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_accuracy_panel_starts_at_step_zero_and_step_time_splits() -> None:
+    acc = panel_series(grpo_records(), "accuracy")
+    assert acc["held-out (greedy)"] == ([0, 12], [0.1, 0.5]) and acc["arithmetic"] == ([12], [0.4])
+    parts = panel_series(grpo_records(3), "step_time")
+    assert parts["rollout wait"][1] == [0.5, 0.5, 0.5]
+    assert parts["weight sync"][1] == [0.0, 0.25, 0.25]  # no sync before the first step
+    assert parts["learner"][1] == [1.5, 1.25, 1.25]  # the rest of time/step_seconds
+
+
+def _entry(name: str, accuracy: float, needles: dict[int, float], memory: bool) -> dict:
+    tasks = {"arithmetic": {"accuracy": accuracy, "num_prompts": 64, "samples_per_prompt": 4}}
+    for words, acc in needles.items():
+        tasks[f"needle/{words}"] = {"accuracy": acc, "prompt_tokens": 2 * words, "num_prompts": 8,
+                                    "samples_per_prompt": 1}
+    entry = {"name": name, "tasks": tasks}
+    if memory:
+        entry["memory"] = [{"context": 128, "cache_mib": 0.2}, {"context": 512, "cache_mib": 0.3}]
+    return entry
+
+
+def test_eval_plots_only_when_informative(tmp_path: Path) -> None:
+    one_length = {"checkpoints": [_entry("a", 0.5, {32: 1.0}, memory=False), _entry("b", 0.7, {32: 0.5}, False)]}
+    assert [p.name for p in plots(one_length, tmp_path)] == ["accuracy.png"]  # the needle shows as a bar
+    many = {"checkpoints": [_entry("a", 0.5, {32: 1.0, 64: 0.5}, memory=True), _entry("b", 0.7, {}, False)]}
+    out = tmp_path / "many"
+    out.mkdir()
+    assert [p.name for p in plots(many, out)] == ["accuracy.png", "recall.png", "memory.png"]
+
+
+def test_binomial_standard_error() -> None:
+    assert _stderr({"accuracy": 0.5, "num_prompts": 25, "samples_per_prompt": 4}) == pytest.approx(0.05)
+    assert math.isnan(_stderr({"accuracy": 0.5}))  # n unknown: no error bar
+    assert math.isnan(_stderr({"accuracy": 1.0, "num_prompts": 10, "samples_per_prompt": 1}))
