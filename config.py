@@ -52,12 +52,20 @@ class SFTAlgo(Section):
 
 
 class DPOAlgo(Section):
-    """Direct preference optimisation on (correct, incorrect) answer pairs."""
+    """Direct preference optimisation on (correct, incorrect) answer pairs.
+
+    pairs: on_policy (the model answers the training prompts, the task verifier judges: chosen = a verified answer
+    or the reference, rejected = the model's own wrong answer) or synthetic (chosen = the reference, rejected = a
+    made-up near miss).
+    """
 
     type: Literal["dpo"] = "dpo"
     beta: PositiveFloat = 0.1
     loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
     max_length: PositiveInt = 64
+    pairs: Literal["on_policy", "synthetic"] = "on_policy"
+    num_samples: PositiveInt = Field(4, description="on_policy: sampled answers per prompt, besides the greedy one")
+    temperature: PositiveFloat = Field(1.0, description="on_policy: sampling temperature of those answers")
 
 
 class TISCorrection(Section):

@@ -51,3 +51,35 @@ def test_tiny_model_folder_loads_with_transformers(tiny_model_dir: Path) -> None
     assert chat.endswith("<|im_start|>assistant\n")
     ids = tok("12+3=", return_tensors="pt").input_ids
     assert model(ids).logits.shape == (1, ids.shape[1], len(tok))
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_held_out_split_never_shares_a_prompt_with_training(name: str) -> None:
+    from hyrl.tasks import is_held_out, split_examples
+
+    task = get_task(name, **({"max_digits": 1} if name == "arithmetic" else {}))  # the smallest problem space
+    train = split_examples(task, 400, seed=0, split="train")
+    held = split_examples(task, 50, seed=10_000, split="eval")
+    assert len(train) == 400 and len(held) == 50
+    assert not {e.prompt for e in train} & {e.prompt for e in held}
+    assert all(is_held_out(e.prompt) for e in held) and not any(is_held_out(e.prompt) for e in train)
+    assert split_examples(task, 20, seed=0, split="train") == train[:20]  # asking for more only appends
+
+
+def test_on_policy_pairs_reject_the_models_own_mistake() -> None:
+    from hyrl.eval.generate import Generations
+    from hyrl.rl.pairs import on_policy_pairs
+    from hyrl.tasks import Example
+
+    task = get_task("arithmetic")
+    examples = [Example("1+1=", "2"), Example("2+2=", "4"), Example("3+3=", "6")]
+    answers = {  # prompt -> (greedy, samples): wrong greedy; right greedy, one wrong sample; never wrong
+        "1+1=": ("3", ["2", "3"]), "2+2=": ("4", ["5", "4"]), "3+3=": ("6", ["6", "6"])}
+
+    def scripted(prompts, *, n, max_tokens, temperature, seed):
+        picked = [[answers[p][0]] if temperature == 0 else answers[p][1][:n] for p in prompts]
+        return Generations(picked, [[1] * len(c) for c in picked], [1] * len(prompts), 0.0)
+
+    rows = on_policy_pairs(scripted, task, examples, num_samples=2, temperature=1.0, max_new_tokens=4, seed=0)
+    assert rows == [{"prompt": "1+1=", "chosen": "2", "rejected": "3"},
+                    {"prompt": "2+2=", "chosen": "4", "rejected": "5"}]
