@@ -3,6 +3,7 @@
 Run from the repository root (H100; FLA carried as wheels, see bench/README.md):
     python bench/gdn.py                 # the table: training rows and decode rows, ours and FLA in the same run;
                                         # also appended as records to bench/results/gdn.json (--no-record: not)
+    python bench/gdn.py --rows decode   # only the decode rows (or --rows train)
     python bench/gdn.py --profile       # per-kernel CUDA time, ours and FLA, K/V = 96/192
     python bench/gdn.py --sweep         # per-kernel time for each (num_warps, num_stages) and sequential V block
 
@@ -257,6 +258,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--skip-table", action="store_true")
+    ap.add_argument("--rows", choices=("all", "train", "decode"), default="all",
+                    help="which rows of the table to run (the training rows take ~1.5 min each on a fresh machine)")
     ap.add_argument("--no-record", action="store_true", help="do not append the table to bench/results/gdn.json")
     args = ap.parse_args()
     fla_chunk, fla_rec = load_fla()
@@ -270,12 +273,12 @@ def main() -> None:
     if args.skip_table:
         return
     rows = []
-    for K, V in ((96, 192), (128, 128)):
+    for K, V in ((96, 192), (128, 128)) if args.rows in ("all", "train") else ():
         for T in (4096, 16384, 65536):
             rows.append(train_row(K, V, T, fla_chunk))
             print(json.dumps(rows[-1]), flush=True)
             torch.cuda.empty_cache()
-    for K, V in ((96, 192), (128, 128)):
+    for K, V in ((96, 192), (128, 128)) if args.rows in ("all", "decode") else ():
         for B in (8, 64, 256):
             rows.append(decode_row(K, V, B, bw, fla_rec))
             print(json.dumps(rows[-1]), flush=True)
