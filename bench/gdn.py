@@ -1,7 +1,9 @@
 """GDN kernels vs FLA 0.6 on one GPU: chunked forward, backward, and decode.
 
 Run from the repository root (H100; FLA carried as wheels, see bench/README.md):
-    python bench/gdn.py                 # the table: training rows and decode rows, ours and FLA in the same run
+    python bench/gdn.py                 # the table: training rows and decode rows, ours and FLA in the same run;
+                                        # also appended as records to bench/results/gdn.json (--no-record: not)
+    python bench/gdn.py --rows decode   # only the decode rows (or --rows train)
     python bench/gdn.py --profile       # per-kernel CUDA time, ours and FLA, K/V = 96/192
     python bench/gdn.py --sweep         # per-kernel time for each (num_warps, num_stages) and sequential V block
 
@@ -34,6 +36,7 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 import triton
+from results import append_records, run_info  # bench/results.py (a script's folder is first on sys.path)
 
 from hyrl.kernels.gdn import chunk as chunk_mod
 from hyrl.kernels.gdn.chunk import chunk_gdn
@@ -166,6 +169,30 @@ def print_tables(rows: list[dict]) -> None:
               f"{r.get('fla_ms', NAN):.4f} | {r.get('x', NAN):.2f} | {r.get('err_vs_fla', NAN):.1e} |")
 
 
+def to_records(rows: list[dict], copy_tbps: float, info: dict) -> list[dict]:
+    """The table's rows as flat records for bench/results/gdn.json: the three speed-ups over FLA per training row
+    (x = FLA ms / our ms, higher is better; left out where FLA did not run) and each decode row's share of the copy
+    bandwidth, each with its shape and the raw times it came from. ``info`` is ``run_info``'s."""
+    out = []
+    for r in rows:
+        err = {"err_vs_fla": r["err_vs_fla"]} if "err_vs_fla" in r else {}
+        if r["kind"] == "train" and "fla_fwd_ms" in r:
+            shape = {"K": r["K"], "V": r["V"], "B": r["B"], "T": r["T"], "H": H}
+            for name, ours_ms, fla_ms in (
+                ("gdn_fwd_x_fla", r["fwd_ms"], r["fla_fwd_ms"]),
+                ("gdn_bwd_x_fla", r["bwd_ms"], r["fla_bwd_ms"]),
+                ("gdn_fwd_bwd_x_fla", r["fwd_ms"] + r["bwd_ms"], r["fla_fwd_ms"] + r["fla_bwd_ms"]),
+            ):
+                out.append({"name": name, "value": fla_ms / ours_ms, "unit": "x (FLA ms / ours ms)", **info,
+                            **shape, "ours_ms": ours_ms, "fla_ms": fla_ms, **err})  # fmt: skip
+        elif r["kind"] == "decode":
+            out.append({"name": "gdn_decode_copy_bw_frac", "value": r["floor_frac"],
+                        "unit": "fraction of copy bandwidth", **info, "K": r["K"], "V": r["V"], "batch": r["B"],
+                        "H": H, "ours_ms": r["ms"], "fla_ms": r.get("fla_ms"), "tbps": r["tbps"],
+                        "copy_tbps": copy_tbps, **err})  # fmt: skip
+    return out
+
+
 def kernel_times(fn, xs, do, reps: int = 5) -> dict[str, float]:
     """Mean CUDA ms per forward+backward, per kernel name, from the torch profiler."""
     o = fn(*xs)
@@ -231,6 +258,9 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--skip-table", action="store_true")
+    ap.add_argument("--rows", choices=("all", "train", "decode"), default="all",
+                    help="which rows of the table to run (the training rows take ~1.5 min each on a fresh machine)")
+    ap.add_argument("--no-record", action="store_true", help="do not append the table to bench/results/gdn.json")
     args = ap.parse_args()
     fla_chunk, fla_rec = load_fla()
     bw = copy_bandwidth()
@@ -243,16 +273,19 @@ def main() -> None:
     if args.skip_table:
         return
     rows = []
-    for K, V in ((96, 192), (128, 128)):
+    for K, V in ((96, 192), (128, 128)) if args.rows in ("all", "train") else ():
         for T in (4096, 16384, 65536):
             rows.append(train_row(K, V, T, fla_chunk))
             print(json.dumps(rows[-1]), flush=True)
             torch.cuda.empty_cache()
-    for K, V in ((96, 192), (128, 128)):
+    for K, V in ((96, 192), (128, 128)) if args.rows in ("all", "decode") else ():
         for B in (8, 64, 256):
             rows.append(decode_row(K, V, B, bw, fla_rec))
             print(json.dumps(rows[-1]), flush=True)
     print_tables(rows)
+    if not args.no_record:
+        path = append_records("gdn", to_records(rows, bw, run_info(torch.cuda.get_device_name())))
+        print(f"records appended to {path}", flush=True)
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "gdn_bench.json"), "w") as f:
             json.dump({"time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

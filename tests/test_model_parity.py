@@ -6,9 +6,12 @@ document; chunk GDN == recurrent GDN; prefill + cached decode == full forward. L
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from transformers import OlmoHybridConfig, OlmoHybridForCausalLM
+from transformers.models.olmo_hybrid import modeling_olmo_hybrid
 
 from hyrl.model.cache import HybridCache
 from hyrl.model.olmo_hybrid import HybridForCausalLM, build_model
@@ -30,6 +33,28 @@ CONFIGS = {
         "tie_word_embeddings": True,
     },
 }  # fmt: skip
+
+
+# transformers' OlmoHybrid picks its GDN and short-convolution kernels when its modeling module is imported: each
+# module-level function named below is wrapped by `use_kernel_func_from_hub_with_fallback`, which calls FLA's (or
+# causal_conv1d's) Triton kernel whenever that package is importable, even for CPU tensors ("Pointer argument ...
+# cannot be accessed from Triton (cpu tensor?)" on a GPU machine with FLA). The oracle is meant to be transformers'
+# readable torch reference on the CPU, so every test in this module runs with these names pointing at the torch
+# functions they wrap (`__wrapped__`, set by functools.wraps). Without FLA installed (CPU CI) the wrappers already
+# call those same functions, so nothing changes there.
+HF_KERNEL_DISPATCHED = (
+    "torch_chunk_gated_delta_rule", "torch_recurrent_gated_delta_rule", "causal_conv1d_fn", "causal_conv1d_update",
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def oracle_on_torch_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in HF_KERNEL_DISPATCHED:
+        torch_fn = inspect.unwrap(getattr(modeling_olmo_hybrid, name))
+        assert (torch_fn.__module__, torch_fn.__name__) == (modeling_olmo_hybrid.__name__, name), (
+            f"transformers' {name} no longer unwraps to its torch reference: update this fixture"
+        )
+        monkeypatch.setattr(modeling_olmo_hybrid, name, torch_fn)
 
 
 def tiny_config(**overrides: object) -> OlmoHybridConfig:
