@@ -23,6 +23,34 @@ if not torch.cuda.is_available():
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
 
 
+EPS32 = float(torch.finfo(torch.float32).eps)
+# The rollout engine (paged state, chunked prefill, other kernels) rounds differently from the learner's forward;
+# both are fp32 computations of the same function, so their errors are of the same order. 32x the learner's own
+# worst error leaves room for that without admitting a real discrepancy (a stale weight or a wrong temperature
+# moves log-probs by 1e-3 and more).
+ROLLOUT_ROUNDING_FACTOR = 32
+
+
+def fp32_rounding(model, prompt_ids, completion_ids, temperature: float = 1.0) -> float:
+    """This machine's fp32 rounding of the learner's log-probs on these sequences: max |fp32 - float64| against a
+    float64 copy of the same model (hyrl computes in at least fp32, so that copy is a true oracle). Tests derive
+    their rollout-vs-learner bounds from it instead of from a constant one CPU printed."""
+    import copy
+
+    from hyrl.rollout.mismatch import learner_logprobs, mismatch
+
+    oracle = learner_logprobs(copy.deepcopy(model).double(), prompt_ids, completion_ids, temperature)
+    ours = learner_logprobs(model, prompt_ids, completion_ids, temperature)
+    return max(mismatch(ours, oracle).max_abs_delta, EPS32)
+
+
+@pytest.fixture(scope="session")
+def rollout_bound():
+    """``rollout_bound(model, prompt_ids, completion_ids, temperature)``: the largest rollout-vs-learner
+    |delta log-prob| on these sequences that is still fp32 rounding: ROLLOUT_ROUNDING_FACTOR x ``fp32_rounding``."""
+    return lambda *args, **kwargs: ROLLOUT_ROUNDING_FACTOR * fp32_rounding(*args, **kwargs)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -34,7 +34,7 @@ def test_tail_keeps_a_torn_line_until_its_newline(tmp_path: Path) -> None:
 
 def test_summary_shows_reward_accuracy_kl_and_step_time() -> None:
     summary = RunSummary()
-    for record in [{"step": 0, "eval/accuracy": 0.25}, {"step": 1, "reward": 0.2, "mismatch/kl": 3e-4},
+    for record in [{"step": 0, "eval/arithmetic/accuracy": 0.25}, {"step": 1, "reward": 0.2, "mismatch/kl": 3e-4},
                    {"step": 2, "reward": 0.4, "time/step_seconds": 1.5}, {"step": 2, "eval/parity/accuracy": 0.5}]:
         summary.add(record)
     assert summary.step == 2

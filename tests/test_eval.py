@@ -149,7 +149,9 @@ class _FragileTask:
         return get_task("arithmetic").make(n, seed)
 
     def verify(self, completion: str, answer: str) -> Verdict:
-        if answer == self.make(8, 10_000)[3].answer:
+        from hyrl.tasks import split_examples
+
+        if answer == split_examples(self, 8, 10_000, "eval")[3].answer:  # what evaluate_tasks scores
             raise ZeroDivisionError("bug in user verifier")
         return get_task("arithmetic").verify(completion, answer)
 

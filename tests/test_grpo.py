@@ -42,37 +42,51 @@ def default_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
+def _accuracies(run_dir: Path, task: str = "arithmetic") -> list[float]:
+    return [r[f"eval/{task}/accuracy"] for r in read_metrics(run_dir / "metrics.jsonl") if f"eval/{task}/accuracy" in r]
+
+
 def test_default_recipe_learns_the_task(default_run: Path) -> None:
-    from transformers import AutoTokenizer
-
-    from hyrl.config import load_recipe
-    from hyrl.eval.greedy import greedy_accuracy
-    from hyrl.model.loading import load_causal_lm
-    from hyrl.rl.data import load_examples
-    from hyrl.tasks import get_task
-
-    recipe = load_recipe(ROOT / "recipes" / "grpo_tiny.yaml", paths=False)
-    held_out, task = load_examples(recipe.data, "eval"), get_task(recipe.data.task)
-    untrained = greedy_accuracy(load_causal_lm(default_run / "init"),
-                                AutoTokenizer.from_pretrained(default_run / "init"), task, held_out, 8)
-    before_grpo, after = [r["eval/accuracy"] for r in read_metrics(default_run / "metrics.jsonl")
-                          if "eval/accuracy" in r]
+    """The warm start takes the untrained model well above zero; GRPO keeps (at least) what it learned. Both
+    numbers come from the run's own held-out evaluation (the same ones `hyrl eval` gives)."""
+    untrained, warm = _accuracies(default_run / "warm_start")[0], _accuracies(default_run / "warm_start")[-1]
+    before_grpo, after = _accuracies(default_run)[0], _accuracies(default_run)[-1]
+    assert before_grpo == pytest.approx(warm, abs=0.05), "GRPO's step-0 evaluation must score the warm start"
     assert after >= untrained + 0.10, f"held-out accuracy {untrained:.3f} untrained -> {after:.3f} after the recipe"
     assert after >= before_grpo - 0.15, f"GRPO lost accuracy: {before_grpo:.3f} -> {after:.3f}"
     assert (default_run / "curves.png").is_file() and (default_run / "final" / "config.json").is_file()
 
 
-def test_weight_sync_every_step(default_run: Path) -> None:
+def test_weight_sync_every_step(default_run: Path, rollout_bound) -> None:
+    """Before every step the pool serves exactly the learner's weights: rollout and learner log-probs agree to fp32
+    rounding, bounded by this machine's own fp32 error on such sequences (float64 oracle, see conftest)."""
+    from transformers import AutoTokenizer
+
+    from hyrl.config import load_recipe
+    from hyrl.model.loading import load_causal_lm
+    from hyrl.rl.data import load_examples
+
+    recipe = load_recipe(ROOT / "recipes" / "grpo_tiny.yaml", paths=False)
+    model, tok = load_causal_lm(default_run / "final").eval(), AutoTokenizer.from_pretrained(default_run / "final")
+    prompts = [tok(e.prompt, add_special_tokens=False).input_ids for e in load_examples(recipe.data, "eval")[:32]]
+    torch.manual_seed(0)
+    with torch.no_grad():  # sequences like the run's: held-out prompts, completions sampled at its temperature
+        completions = [model.generate(torch.tensor([p]), do_sample=True, temperature=recipe.rollout.temperature,
+                                      max_new_tokens=recipe.rollout.max_new_tokens, top_k=0,
+                                      pad_token_id=tok.pad_token_id)[0, len(p):].tolist() for p in prompts]
+    bound = rollout_bound(model, prompts, completions, recipe.rollout.temperature)
+    assert bound < 1e-3, "the fp32 rounding scale itself must be far below a real discrepancy"
     steps = _steps(default_run)
     assert sorted(steps) == list(range(1, len(steps) + 1)) and len(steps) >= 10
     for step, r in steps.items():
         # Generation for optimizer step s happened with the learner at s - 1 updates: the pool must match it.
         assert r["rollout/policy_version"] == step - 1, (step, r["rollout/policy_version"])
-        assert r["mismatch/max_abs_logprob_diff"] <= 1e-5, (step, r["mismatch/max_abs_logprob_diff"])
+        assert r["mismatch/max_abs_logprob_diff"] <= bound, (step, r["mismatch/max_abs_logprob_diff"], bound)
         # the push before step s is timed in step s's record, or in step s - 1's when the recipe's in-loop eval
-        # (every 10 steps, on the rollout pool) already pushed the learner's weights after step s - 1
+        # (every eval.every_n_steps, on the rollout pool) already pushed the learner's weights after step s - 1
         if step > 1:
-            assert r.get("sync/seconds", 0) > 0 or ((step - 1) % 10 == 0 and steps[step - 1]["sync/seconds"] > 0), step
+            pushed_by_eval = (step - 1) % recipe.eval.every_n_steps == 0 and steps[step - 1]["sync/seconds"] > 0
+            assert r.get("sync/seconds", 0) > 0 or pushed_by_eval, step
 
 
 def test_resume_is_exact(default_run: Path, tmp_path: Path) -> None:

@@ -13,11 +13,11 @@ from hyrl.tracking import GRPO_PANELS, TRAIN_PANELS, curves_figure, moving_avera
 
 
 def grpo_records(steps: int = 12) -> list[dict]:
-    records: list[dict] = [{"step": 0, "eval/accuracy": 0.1}]
+    records: list[dict] = [{"step": 0, "eval/arithmetic/accuracy": 0.1, "eval/parity/accuracy": 0.5}]
     for s in range(1, steps + 1):
         records.append({"step": s, "reward": s / steps, "mismatch/kl": 1e-4 / s, "time/step_seconds": 2.0,
                         "rollout/wait_seconds": 0.5, **({"sync/seconds": 0.25} if s > 1 else {})})
-    records += [{"step": steps, "eval/arithmetic/accuracy": 0.4}, {"step": steps, "eval/accuracy": 0.5}]
+    records += [{"step": steps, "eval/arithmetic/accuracy": 0.4}]
     return records
 
 
@@ -61,7 +61,7 @@ def test_missing_keys_leave_no_empty_panel(tmp_path: Path) -> None:
 
 def test_accuracy_panel_starts_at_step_zero_and_step_time_splits() -> None:
     acc = panel_series(grpo_records(), "accuracy")
-    assert acc["held-out (greedy)"] == ([0, 12], [0.1, 0.5]) and acc["arithmetic"] == ([12], [0.4])
+    assert acc["arithmetic"] == ([0, 12], [0.1, 0.4]) and acc["parity"] == ([0], [0.5])
     parts = panel_series(grpo_records(3), "step_time")
     assert parts["rollout wait"][1] == [0.5, 0.5, 0.5]
     assert parts["weight sync"][1] == [0.0, 0.25, 0.25]  # no sync before the first step
