@@ -175,6 +175,7 @@ class Learner:
 def warm_start(ctx: RunContext) -> RunContext:
     """Run the recipe's SFT warm start into ``<run_dir>/warm_start`` (once) and start GRPO from its model."""
     from hyrl.config import EvalConfig, OptimConfig, SFTAlgo
+    from hyrl.eval.in_loop import accuracy_summary
     from hyrl.rl.sft import train_sft
 
     ws = ctx.recipe.algo.warm_start
@@ -190,6 +191,8 @@ def warm_start(ctx: RunContext) -> RunContext:
         })
         sft_ctx = RunContext(sft_recipe, sft_dir, ctx.init_model_dir)
         train_sft(sft_ctx)
+        for line in accuracy_summary(sft_ctx).splitlines():
+            print(f"hyrl: {sft_recipe.name}: {line}")
     return RunContext(ctx.recipe, ctx.run_dir, sft_dir / "final")
 
 

@@ -9,5 +9,5 @@ export OMP_NUM_THREADS=1
 .venv/bin/hyrl train recipes/grpo_tiny.yaml
 .venv/bin/hyrl train recipes/dpo_tiny.yaml model.path=runs/grpo_tiny/warm_start/final
 .venv/bin/hyrl eval runs/grpo_tiny/init runs/grpo_tiny/warm_start/final runs/grpo_tiny/final runs/dpo_tiny/final \
-  --tasks arithmetic,needle --samples 4 --num-examples 32 --out runs/eval/demo
+  --tasks arithmetic,needle --samples 1 --num-examples 128 --out runs/eval/demo
 echo "Run folders: runs/grpo_tiny, runs/dpo_tiny (metrics.jsonl, curves.png, tb/, final/); evaluation: runs/eval/demo"

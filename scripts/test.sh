@@ -7,4 +7,4 @@ export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
 .venv/bin/ruff check .
 # `pytest`, not `python -m pytest`: the latter puts the repo root on sys.path, where `kernels/` would shadow
 # Hugging Face's `kernels` package.
-.venv/bin/pytest "$@"
+.venv/bin/pytest --durations=15 "$@"
