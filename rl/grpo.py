@@ -126,6 +126,7 @@ def _synced(rollout: PoolRollout, trainer, pool, tokenizer: PreTrainedTokenizerB
     from hyrl.eval.generate import EngineGenerator
     from hyrl.rl.learners import is_sharded
 
+    rollout.settle()
     if not is_sharded(trainer.model):  # sharded weights need every rank to gather; the rollout step syncs them
         rollout.sync(trainer)
     return EngineGenerator(pool, tokenizer)

@@ -129,6 +129,13 @@ class PoolRollout:
         self.pool.update_weights(named, version=step)
         trainer.add_metrics({"sync/seconds": time.perf_counter() - t0})
 
+    def settle(self) -> None:
+        """Wait for an outstanding prefetch (keeping its batch), so a caller can use the pool alone: the pool is not
+        meant for two threads at once, and evaluations run between steps while the next step's rollouts may be
+        sampling."""
+        if self._prefetch is not None:
+            self._prefetch[2].result()
+
     def close(self) -> None:
         """Wait for an outstanding prefetch so nothing else uses the pool concurrently."""
         if self._prefetch is not None:
