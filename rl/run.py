@@ -84,10 +84,15 @@ def prepare_run(recipe: Recipe) -> RunContext:
 
 
 class MetricsCallback(TrainerCallback):
-    """Forwards the HF trainer's logs to the run's metrics log (JSONL + TensorBoard)."""
+    """Forwards the HF trainer's logs to the run's metrics log (JSONL + TensorBoard); a run resumed from checkpoint
+    N drops what the crashed run logged after N (``MetricsLog.resume``), so no step is recorded twice."""
 
     def __init__(self, metrics: MetricsLog):
         self.metrics = metrics
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step and state.is_world_process_zero:  # the trainer state is the checkpoint's by now
+            self.metrics.resume(state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and state.is_world_process_zero:
