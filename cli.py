@@ -283,11 +283,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"hyrl: {field}: {path}")
         return 0
     from hyrl.rl.cluster import ClusterError
+    from hyrl.rl.finite import NonFiniteError
     from hyrl.rl.teacher import TeacherError
 
     try:
         train(recipe)
-    except (TeacherError, ClusterError) as e:
+    except (TeacherError, ClusterError, NonFiniteError) as e:
         print(f"hyrl: {e}", file=sys.stderr)
         return 2
     return 0

@@ -182,6 +182,8 @@ class OptimConfig(Section):
     batch_size: PositiveInt = 16
     grad_accum: PositiveInt = 1
     max_grad_norm: PositiveFloat = 1.0
+    max_nonfinite_steps: PositiveInt = Field(3, description="SFT/DPO: a step with a NaN/inf gradient is skipped; "
+                                             "this many in a row stop the run, naming the last good checkpoint")
 
 
 class RolloutConfig(Section):
