@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hyrl.config import Recipe, RecipeError, load_recipe
+from hyrl.config import Recipe, RecipeError, load_recipe, recipe_paths
 from hyrl.console import quiet_third_party
 
 EXAMPLES = """examples:
@@ -279,13 +279,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         print(f"hyrl: {args.recipe} is valid ({recipe.algo.type}, run folder {recipe.run_dir})")
         print(f"hyrl: workers: {_workers(recipe)}")
+        for field, path in recipe_paths(recipe):  # relative paths are from the working directory
+            print(f"hyrl: {field}: {path}")
         return 0
     from hyrl.rl.cluster import ClusterError
+    from hyrl.rl.finite import NonFiniteError
     from hyrl.rl.teacher import TeacherError
 
     try:
         train(recipe)
-    except (TeacherError, ClusterError) as e:
+    except (TeacherError, ClusterError, NonFiniteError) as e:
         print(f"hyrl: {e}", file=sys.stderr)
         return 2
     return 0

@@ -182,6 +182,8 @@ class OptimConfig(Section):
     batch_size: PositiveInt = 16
     grad_accum: PositiveInt = 1
     max_grad_norm: PositiveFloat = 1.0
+    max_nonfinite_steps: PositiveInt = Field(3, description="SFT/DPO: a step with a NaN/inf gradient is skipped; "
+                                             "this many in a row stop the run, naming the last good checkpoint")
 
 
 class RolloutConfig(Section):
@@ -261,7 +263,13 @@ class LoggingConfig(Section):
 
 
 class Recipe(Section):
-    """A whole run, as written in ``recipes/*.yaml``."""
+    """A whole run, as written in ``recipes/*.yaml``.
+
+    Relative paths (``model.path``, ``data.path``, ``algo.teacher.path``, ``logging.run_dir``) are relative to the
+    current working directory, not to the recipe file: the shipped recipes name other runs' outputs such as
+    ``runs/sft_tiny/final``, which are made under the directory ``hyrl train`` runs in. ``hyrl validate`` prints each
+    path resolved.
+    """
 
     name: str
     seed: int = 0
@@ -387,23 +395,40 @@ def _describe(err: dict) -> str:
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Set ``a.b.c=value`` pairs into the raw recipe dict; values are parsed as YAML (``lr=1e-3`` is a float)."""
+    """Set ``a.b.c=value`` pairs into the raw recipe dict; values are parsed as YAML (``lr=1e-3`` is a float).
+
+    Errors name the override they come from, e.g. ``override 'optim.lr=[1': not valid YAML (...)``.
+    """
     import yaml
 
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise RecipeError("command line", [f"{item!r}: overrides look like key.path=value"])
+            raise RecipeError("command line", [f"override {item!r}: overrides look like key.path=value"])
         node = raw
         *parents, leaf = key.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # `optim:` with nothing under it reads as None
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
-                raise RecipeError("command line", [f"{key}: {part} is not a section"])
-        node[leaf] = yaml.safe_load(value)
+                raise RecipeError("command line", [f"override {item!r}: {part} is not a section"])
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise RecipeError("command line", [f"override {item!r}: not valid YAML ({_yaml_reason(e)})"]) from None
     return raw
 
 
+def _from_override(problem: str, overrides: list[str]) -> str | None:
+    """``optim.lr: expected ...`` -> ``optim.lr (from the override optim.lr=abc): expected ...`` when an override
+    set that field (or a section above it); None when the problem is the file's."""
+    field, sep, rest = problem.partition(": ")
+    for item in reversed(overrides):  # the last override of a key is the one that counts
+        key = item.partition("=")[0]
+        if sep and (field == key or field.startswith(key + ".")):
+            return f"{field} (from the override {item}): {rest}"
+    return None
 SHIPPED_RECIPES = Path(__file__).resolve().parent / "recipes"
 
 
@@ -434,14 +459,36 @@ def _missing_model(field: str, path: Path, fix: str) -> str:
     return f"{field}: {path} {what}; produce it with: hyrl train {shown}"
 
 
+def recipe_paths(recipe: Recipe) -> list[tuple[str, Path]]:
+    """The files and folders a recipe names, each as ``(field, absolute path)``; relative paths are taken from the
+    current working directory (see ``Recipe``)."""
+    teacher = getattr(recipe.algo, "teacher", None)
+    named = [("model.path", recipe.model.path), ("data.path", recipe.data.path),
+             ("algo.teacher.path", teacher.path if teacher is not None else None),
+             ("logging.run_dir", recipe.logging.run_dir)]
+    return [(field, path.resolve()) for field, path in named if path is not None]
+
+
+def _check_model(field: str, path: Path, fix: str) -> str | None:
+    """A model folder's problem (missing, no config.json, corrupt or truncated weights), or None."""
+    if not (path / "config.json").is_file():
+        return _missing_model(field, path, fix)
+    from hyrl.eval.checkpoint import CheckpointError, check_checkpoint  # lazily: it is not needed to parse a recipe
+
+    try:
+        check_checkpoint(path)
+    except CheckpointError as e:
+        return f"{field}: {e}"
+    return None
+
+
 def check_paths(recipe: Recipe) -> list[str]:
     """Problems with files the recipe names (checked after the schema, before anything starts)."""
     problems = []
-    path = recipe.model.path
-    if path is not None and not (path / "config.json").is_file():
-        problems.append(_missing_model(
-            "model.path", path, f"point it at a Hugging Face model folder, or remove it to build the tiny "
-            f"'{recipe.model.preset}' preset; for a run's output use <run_dir>/final"))
+    if recipe.model.path is not None:
+        problems.append(_check_model(
+            "model.path", recipe.model.path, f"point it at a Hugging Face model folder, or remove it to build the "
+            f"tiny '{recipe.model.preset}' preset; for a run's output use <run_dir>/final"))
     try:
         from hyrl.tasks import get_task
 
@@ -459,37 +506,125 @@ def check_paths(recipe: Recipe) -> list[str]:
         except (ValueError, OSError) as e:
             problems.append(f"eval.tasks[{i}]: {e}")
     teacher = getattr(recipe.algo, "teacher", None)
-    if teacher is not None and teacher.path is not None and not (teacher.path / "config.json").is_file():
-        problems.append(_missing_model("algo.teacher.path", teacher.path,
-                                       "a Hugging Face model folder, e.g. a teacher's <run_dir>/final"))
-    if recipe.data.path is not None and not recipe.data.path.is_file():
-        problems.append(f"data.path: no such file {str(recipe.data.path)!r} (fix: a JSONL file with prompt/answer)")
-    return problems
+    if teacher is not None and teacher.path is not None:
+        problems.append(_check_model("algo.teacher.path", teacher.path,
+                                     "a Hugging Face model folder, e.g. a teacher's <run_dir>/final"))
+    data = recipe.data.path
+    if data is not None and data.is_dir():
+        problems.append(f"data.path: {str(data)!r} is a directory (fix: a JSONL file with prompt/answer)")
+    elif data is not None and not data.is_file():
+        problems.append(f"data.path: no such file {str(data)!r} (fix: a JSONL file with prompt/answer)")
+    return [p for p in problems if p is not None]
+
+
+class DuplicateKeyError(Exception):
+    """The same key twice in one YAML mapping; plain ``yaml.safe_load`` silently keeps the last one."""
+
+
+def _yaml_reason(e: Exception) -> str:
+    """A YAML error as ``problem at line L, column C`` (its mark already names the file when it has one)."""
+    import yaml
+
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        mark = e.problem_mark
+        where = "" if mark.name.startswith("<") else f"{mark.name}, "
+        return f"{e.problem} at {where}line {mark.line + 1}, column {mark.column + 1}"
+    return str(e)
+
+
+def _recipe_loader():
+    """``yaml.SafeLoader`` that rejects duplicate keys at any depth, naming the key path and both lines."""
+    import yaml
+
+    class RecipeLoader(yaml.SafeLoader):
+        def get_single_node(self):
+            node = super().get_single_node()
+            self.key_paths: dict[int, str] = {}
+            self._index(node, "")
+            return node
+
+        def _index(self, node, path: str) -> None:
+            if isinstance(node, yaml.MappingNode) and id(node) not in self.key_paths:
+                self.key_paths[id(node)] = path
+                for key, value in node.value:
+                    self._index(value, f"{path}.{key.value}" if path else str(key.value))
+            elif isinstance(node, yaml.SequenceNode):
+                for i, item in enumerate(node.value):
+                    self._index(item, f"{path}[{i}]")
+
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                if key in seen:
+                    parent = self.key_paths.get(id(node), "")
+                    raise DuplicateKeyError(f"{parent + '.' if parent else ''}{key}: duplicate key (lines "
+                                            f"{seen[key]} and {line}; fix: keep one)")
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return RecipeLoader
+
+
+def read_yaml(path: Path) -> Any:
+    """``yaml.safe_load`` of a file, stricter: duplicate keys, non-UTF-8 bytes and syntax errors are RecipeErrors
+    naming the file (and the line)."""
+    import yaml
+
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(str(path), [f"not a UTF-8 text file (byte 0x{data[e.start]:02x} at offset {e.start}; "
+                                      "a recipe is YAML text)"]) from None
+    if "\x00" in text:
+        raise RecipeError(str(path), [f"a binary file (NUL byte at offset {text.index(chr(0))}; a recipe is YAML "
+                                      "text)"])
+    loader = _recipe_loader()(text)
+    loader.name = str(path)  # marks otherwise say "<unicode string>"
+    try:
+        return loader.get_single_data()
+    except DuplicateKeyError as e:
+        raise RecipeError(str(path), [str(e)]) from None
+    except yaml.YAMLError as e:
+        raise RecipeError(str(path), [f"not valid YAML: {_yaml_reason(e)}"]) from None
+    finally:
+        loader.dispose()
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, *, paths: bool = True) -> Recipe:
-    """Read, override and validate a recipe; raises RecipeError listing every problem found."""
-    import yaml
+    """Read, override and validate a recipe; raises RecipeError listing every problem found.
+
+    Problems caused by a command-line override name it; when all of them do, the source is "command line".
+    """
     from pydantic import ValidationError
 
-    path = Path(path)
+    path, overrides = Path(path), overrides or []
+    if path.is_dir():
+        raise RecipeError(str(path), ["is a directory (fix: give a recipe .yaml file)"])
     if not path.is_file():
         raise RecipeError(str(path), ["no such recipe file (fix: check the path; recipes live in recipes/)"])
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(str(path), [f"not valid YAML: {e}"]) from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise RecipeError(str(path), ["the top level must be a mapping of sections"])
-    raw = apply_overrides(raw, overrides or [])
+    raw = apply_overrides(raw, overrides)
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
-        raise RecipeError(str(path), [_describe(err) for err in e.errors()]) from None
+        _reject(path, [_describe(err) for err in e.errors()], overrides)
     problems = check_paths(recipe) if paths else []
     if problems:
-        raise RecipeError(str(path), problems)
+        _reject(path, problems, overrides)
     return recipe
+
+
+def _reject(path: Path, problems: list[str], overrides: list[str]) -> None:
+    """Raise RecipeError, each problem attributed to the override that caused it, if one did."""
+    attributed = [_from_override(p, overrides) for p in problems]
+    source = "command line" if all(attributed) else str(path)
+    raise RecipeError(source, [a or p for a, p in zip(attributed, problems, strict=True)]) from None
 
 
 def dump_recipe(recipe: Recipe, out: Path) -> None:

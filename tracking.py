@@ -9,26 +9,57 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 
 class MetricsLog:
-    """Append-only metrics: one JSON object per step in ``metrics.jsonl``, mirrored to TensorBoard."""
+    """Append-only metrics: one JSON object per step in ``metrics.jsonl``, mirrored to TensorBoard.
+
+    After ``resume(step)`` the file holds each (step, key) at most once, as if the run had never stopped.
+    """
 
     def __init__(self, run_dir: Path, *, tensorboard: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", buffering=1)
+        self._resumed_at = -1
+        self._seen: dict[int, set[str]] = {}  # steps <= _resumed_at: the keys the file already has there
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
 
+    def resume(self, step: int) -> None:
+        """The run continues from its checkpoint at ``step``: records past it are dropped (the resumed run logs
+        those steps again), and so are keys logged twice at a step up to it, in the file now (e.g. a stage that
+        re-ran before training resumed) or later (e.g. the checkpoint's own evaluation, logged again)."""
+        self._file.close()
+        self._resumed_at, self._seen = step, {}
+        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
+        kept = [r for r in (self._unseen(r["step"], r) for r in kept) if len(r) > 2]  # more than step and time
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)  # a crash here leaves the old file or the new one, never half of one
+        self._file = self.path.open("a", buffering=1)
+
+    def _unseen(self, step: int, record: dict) -> dict:
+        """``record`` less the keys already logged at ``step`` (only steps up to the resume point are tracked)."""
+        if step > self._resumed_at:
+            return record
+        seen = self._seen.setdefault(step, set())
+        out = {k: v for k, v in record.items() if k in ("step", "time") or k not in seen}
+        seen.update(out)
+        return out
+
     def log(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+        clean = self._unseen(step, clean)
+        if not clean:
+            return
         self._file.write(json.dumps({"step": step, "time": round(time.time(), 3), **clean}) + "\n")
         if self._tb is not None:
             for key, value in clean.items():

@@ -11,6 +11,7 @@ from hyrl.config import DPOAlgo, Recipe
 from hyrl.eval.in_loop import eval_callbacks
 from hyrl.model.loading import load_causal_lm
 from hyrl.rl.data import dpo_dataset, load_examples
+from hyrl.rl.finite import SkipNonFinite
 from hyrl.rl.run import (
     CompleteCheckpoints,
     MetricsCallback,
@@ -38,7 +39,7 @@ def train_dpo(ctx: RunContext) -> None:
         args=args,
         train_dataset=preference_data(ctx, model, tokenizer),
         processing_class=tokenizer,
-        callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints(), *eval_callbacks(ctx)],
+        callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints(), SkipNonFinite(ctx), *eval_callbacks(ctx)],
     )
     quiet_console(trainer, bar=recipe.logging.progress)
     trainer.train(resume_from_checkpoint=resume_point(ctx))

@@ -84,10 +84,15 @@ def prepare_run(recipe: Recipe) -> RunContext:
 
 
 class MetricsCallback(TrainerCallback):
-    """Forwards the HF trainer's logs to the run's metrics log (JSONL + TensorBoard)."""
+    """Forwards the HF trainer's logs to the run's metrics log (JSONL + TensorBoard); a run resumed from checkpoint
+    N drops what the crashed run logged after N (``MetricsLog.resume``), so no step is recorded twice."""
 
     def __init__(self, metrics: MetricsLog):
         self.metrics = metrics
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step and state.is_world_process_zero:  # the trainer state is the checkpoint's by now
+            self.metrics.resume(state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and state.is_world_process_zero:
@@ -159,17 +164,22 @@ class CompleteCheckpoints(TrainerCallback):
             os.replace(tmp, folder / COMPLETE)
 
 
+def latest_checkpoint(ctx: RunContext) -> Path | None:
+    """The newest complete checkpoint folder of the run, if any."""
+    ckpts = [p for p in ctx.checkpoint_dir.glob("checkpoint-*") if (p / COMPLETE).is_file()]
+    return max(ckpts, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
 def resume_point(ctx: RunContext) -> str | None:
     """The newest complete checkpoint, when the recipe asks to resume and one exists."""
     if not ctx.recipe.checkpoint.resume:
         return None
-    ckpts = [p for p in ctx.checkpoint_dir.glob("checkpoint-*") if (p / COMPLETE).is_file()]
-    ckpts.sort(key=lambda p: int(p.name.split("-")[-1]))
-    if not ckpts:
+    last = latest_checkpoint(ctx)
+    if last is None:
         print(f"hyrl: checkpoint.resume=true but no complete checkpoint in {ctx.checkpoint_dir}; starting fresh")
         return None
-    print(f"hyrl: resuming from {ckpts[-1]}")
-    return str(ckpts[-1])
+    print(f"hyrl: resuming from {last}")
+    return str(last)
 
 
 def finish(ctx: RunContext, trainer, panels: Sequence[str], state_dict: dict | None = None) -> None:

@@ -10,6 +10,7 @@ from hyrl.config import SFTAlgo
 from hyrl.eval.in_loop import eval_callbacks
 from hyrl.model.loading import load_causal_lm
 from hyrl.rl.data import sft_dataset
+from hyrl.rl.finite import SkipNonFinite
 from hyrl.rl.run import (
     CompleteCheckpoints,
     MetricsCallback,
@@ -35,7 +36,7 @@ def train_sft(ctx: RunContext, dataset: Dataset | None = None) -> None:
         args=args,
         train_dataset=dataset if dataset is not None else sft_dataset(recipe.data),
         processing_class=tokenizer,
-        callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints(), *eval_callbacks(ctx)],
+        callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints(), SkipNonFinite(ctx), *eval_callbacks(ctx)],
     )
     quiet_console(trainer, bar=recipe.logging.progress)
     trainer.train(resume_from_checkpoint=resume_point(ctx))

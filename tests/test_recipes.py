@@ -67,7 +67,7 @@ def test_overrides_are_typed_and_validated(tmp_path: Path) -> None:
     path = _write(tmp_path, "ov", {})
     recipe = load_recipe(path, ["optim.lr=5e-4", "optim.max_steps=7", "algo.max_length=16"])
     assert recipe.optim.lr == 5e-4 and recipe.optim.max_steps == 7 and recipe.algo.max_length == 16
-    with pytest.raises(RecipeError, match=r"optim\.max_steps: expected an integer"):
+    with pytest.raises(RecipeError, match=r"optim\.max_steps \(from the override optim\.max_steps=many\): expected"):
         load_recipe(path, ["optim.max_steps=many"])
     with pytest.raises(RecipeError, match=r"key\.path=value"):
         apply_overrides({}, ["novalue"])
@@ -107,8 +107,7 @@ def test_every_recipe_runs_on_a_fresh_clone_or_names_its_producer(path: Path, tm
         load_recipe(path)
     assert err.value.problems == [f"{field}: runs/{producer}/final does not exist; produce it with: hyrl train "
                                   f"{ROOT / 'recipes' / producer}.yaml"]
-    (tmp_path / "runs" / producer / "final").mkdir(parents=True)
-    (tmp_path / "runs" / producer / "final" / "config.json").write_text("{}")
+    _checkpoint_folder(tmp_path / "runs" / producer / "final", tensor_bytes=64)
     assert load_recipe(path).name == path.stem  # once the producer has run
 
 
@@ -118,3 +117,109 @@ def test_validate_cli_names_the_command_that_makes_a_missing_folder(tmp_path: Pa
     assert proc.returncode == 2
     assert "model.path: runs/sft_tiny/final does not exist; produce it with: hyrl train " in proc.stderr
     assert "recipes/sft_tiny.yaml" in proc.stderr
+
+
+# --- loading: every failure names the file (and line) or the override it comes from --------------------------
+
+
+def _load_text(tmp_path: Path, text: str | bytes) -> str:
+    """The RecipeError message of loading ``text`` as a recipe file."""
+    path = tmp_path / "r.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    return str(err.value)
+
+
+def test_duplicate_nested_key_names_path_and_both_lines(tmp_path: Path) -> None:
+    text = _load_text(tmp_path, "name: a\nalgo:\n  type: sft\noptim:\n  lr: 1.0e-3\n  batch_size: 2\n  lr: 5.0e-4\n")
+    assert "r.yaml" in text and "optim.lr: duplicate key (lines 5 and 7" in text
+
+
+def test_duplicate_top_level_key(tmp_path: Path) -> None:
+    assert "name: duplicate key (lines 1 and 3" in _load_text(tmp_path, "name: a\nalgo: {type: sft}\nname: b\n")
+
+
+def test_non_utf8_recipe_names_the_file(tmp_path: Path) -> None:
+    text = _load_text(tmp_path, b"name: \xff\xfe\nalgo: {type: sft}\n")
+    assert "r.yaml" in text and "not a UTF-8 text file" in text
+
+
+def test_binary_recipe_names_the_file(tmp_path: Path) -> None:
+    text = _load_text(tmp_path, b"name: a\x00\x01\x02\n")
+    assert "r.yaml" in text and "binary file" in text
+
+
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
+    text = _load_text(tmp_path, "name: a\nalgo: {type: sft\noptim: {}\n")
+    assert "not valid YAML" in text and str(tmp_path / "r.yaml") in text and "line 3, column" in text
+    assert "<unicode string>" not in text
+
+
+def test_override_errors_name_the_override(tmp_path: Path) -> None:
+    path = _write(tmp_path, "ov", {})
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, ["optim.lr=abc"])
+    assert str(err.value).startswith("command line:")
+    assert "optim.lr (from the override optim.lr=abc): expected a number, got 'abc'" in str(err.value)
+    with pytest.raises(RecipeError, match=r"override 'optim\.lr=\[1': not valid YAML"):
+        load_recipe(path, ["optim.lr=[1"])
+    with pytest.raises(RecipeError, match=r"override 'name\.x=1': name is not a section"):
+        load_recipe(path, ["name.x=1"])
+
+
+def test_file_error_beside_override_error_keeps_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "both", {"optim": {"batch_size": "big"}})
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, ["optim.lr=abc"])
+    text = str(err.value)
+    assert text.startswith(str(path)) and "optim.batch_size: expected an integer" in text
+    assert "optim.lr (from the override optim.lr=abc)" in text
+
+
+def _checkpoint_folder(root: Path, tensor_bytes: int) -> Path:
+    """A model folder whose model.safetensors header declares one 64-byte tensor but holds ``tensor_bytes``."""
+    import json
+    import struct
+
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({"model_type": "olmo_hybrid"}))
+    (root / "tokenizer.json").write_text("{}")
+    header = json.dumps({"w": {"dtype": "F32", "shape": [16], "data_offsets": [0, 64]}}).encode()
+    (root / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * tensor_bytes)
+    return root
+
+
+def test_truncated_model_weights_fail_validation(tmp_path: Path) -> None:
+    model = _checkpoint_folder(tmp_path / "model", tensor_bytes=10)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(_write(tmp_path, "trunc", {"model": {"path": str(model)}}))
+    assert f"model.path: {model}: model.safetensors is truncated" in str(err.value)
+
+
+def test_garbage_teacher_weights_fail_validation(tmp_path: Path) -> None:
+    teacher = _checkpoint_folder(tmp_path / "teacher", tensor_bytes=64)
+    (teacher / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(_write(tmp_path, "garbage", {"algo": {"type": "distill", "teacher": {"path": str(teacher)}}}))
+    assert f"algo.teacher.path: {teacher}: model.safetensors is corrupt" in str(err.value)
+
+
+def test_data_path_directory_is_reported_as_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match=r"data\.path: .* is a directory"):
+        load_recipe(_write(tmp_path, "dir", {"data": {"path": str(tmp_path)}}))
+
+
+def test_validate_prints_resolved_paths_from_the_working_directory(tmp_path: Path, monkeypatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    from hyrl.cli import main
+
+    model = _checkpoint_folder(tmp_path / "model", tensor_bytes=64)
+    (tmp_path / "data.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    path = _write(tmp_path, "rel", {"model": {"path": "model"}, "data": {"path": "data.jsonl"},
+                                    "logging": {"run_dir": "runs/rel"}})
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"model.path: {model}" in out and f"data.path: {tmp_path / 'data.jsonl'}" in out
+    assert f"logging.run_dir: {tmp_path / 'runs/rel'}" in out

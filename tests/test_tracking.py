@@ -92,3 +92,33 @@ def test_binomial_standard_error() -> None:
     assert _stderr({"accuracy": 0.5, "num_prompts": 25, "samples_per_prompt": 4}) == pytest.approx(0.05)
     assert math.isnan(_stderr({"accuracy": 0.5}))  # n unknown: no error bar
     assert math.isnan(_stderr({"accuracy": 1.0, "num_prompts": 10, "samples_per_prompt": 1}))
+
+
+def test_resume_keeps_each_step_and_key_once(tmp_path: Path) -> None:
+    """A run checkpointed at step 4 and crashed at step 6 (mid-write), then resumed from 4: steps 5-6 are logged
+    again, the checkpoint's evaluation at 4 is logged again, and a stage before training logged step 0 again."""
+    from hyrl.tracking import MetricsLog, read_metrics
+
+    log = MetricsLog(tmp_path, tensorboard=False)
+    log.log(0, {"stage/accuracy": 0.5})
+    for step in range(1, 7):
+        log.log(step, {"loss": 1.0 / step})
+    log.log(4, {"eval/a/accuracy": 0.2})
+    log.close()
+    with log.path.open("a") as f:
+        f.write('{"step": 7, "lo')  # torn by the crash
+    log = MetricsLog(tmp_path, tensorboard=False)
+    log.log(0, {"stage/accuracy": 0.6})  # written before training resumes
+    log.resume(4)
+    log.log(4, {"eval/a/accuracy": 0.3, "eval/a/tokens": 9.0})  # only the new key is kept
+    for step in range(5, 9):
+        log.log(step, {"loss": 2.0 / step})
+    log.close()
+    records = read_metrics(log.path)
+    pairs = [(r["step"], k) for r in records for k in r if k not in ("step", "time")]
+    assert len(pairs) == len(set(pairs)), pairs
+    assert [r["loss"] for r in records if "loss" in r] == [1.0, 1 / 2, 1 / 3, 1 / 4, 2 / 5, 2 / 6, 2 / 7, 2 / 8]
+    assert [r["stage/accuracy"] for r in records if "stage/accuracy" in r] == [0.5]
+    at_4 = [{k: v for k, v in r.items() if k not in ("step", "time")} for r in records if r["step"] == 4]
+    assert at_4 == [{"loss": 0.25}, {"eval/a/accuracy": 0.2}, {"eval/a/tokens": 9.0}]
+    assert log.path.read_text().count("\n") == len(records)  # the torn line is gone
