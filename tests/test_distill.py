@@ -122,7 +122,9 @@ def test_offline_and_logit_kd_improve_the_student(mode: str, teachers: dict[str,
     train(f"distill_{mode}_tiny.yaml", run, f"algo.teacher.path={teachers['strong']}", "optim.max_steps=120",
           "rollout.enforce_eager=true")
     before, after = _accuracy(run / "init"), _accuracy(run / "final")
-    assert after >= before + 0.3, f"{mode}: held-out accuracy {before:.3f} -> {after:.3f}"
+    # held-out 1-digit sums are never training sums (hash split): the student must generalise from the others,
+    # so the gain is smaller than when held-out prompts were also trained on (0.0 -> 0.19 for logit_kd here)
+    assert after >= before + 0.1, f"{mode}: held-out accuracy {before:.3f} -> {after:.3f}"
     if mode == "offline":
         rows = [json.loads(line) for line in (run / "teacher_answers.jsonl").read_text().splitlines()]
         assert len(rows) == 512 and sum(r["score"] for r in rows) / 512 > 0.9  # the strong teacher's answers

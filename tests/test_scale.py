@@ -24,7 +24,7 @@ from hyrl.rollout.batch import Sampling
 
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
 ONE_STEP = ("optim.max_steps=1", "algo.warm_start=null", "eval.every_n_steps=0", "checkpoint.every_n_steps=0",
-            "rollout.num_workers=2", "rollout.enforce_eager=true", "optim.lr=1e-2")
+            "rollout.num_workers=2", "rollout.enforce_eager=true", "optim.lr=1e-2", "optim.warmup_steps=0")
 
 HEAD = """
 import os, signal, sys, time

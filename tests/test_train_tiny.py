@@ -25,9 +25,9 @@ def test_sft_loss_falls(sft_run: Path) -> None:
     for name in ("recipe.yaml", "curves.png", "summary.txt", "final/config.json", "final/tokenizer.json"):
         assert (sft_run / name).is_file(), name
     assert list((sft_run / "tb").glob("events.out.tfevents.*")), "TensorBoard events missing"
-    in_loop = _series(sft_run, "eval/arithmetic/accuracy")  # the recipe's eval: section, every 100 steps
-    assert len(in_loop) == 3 and (sft_run / "eval" / "step-300" / "results.json").is_file()
-    assert in_loop[-1] > in_loop[0], f"in-loop held-out accuracy {in_loop}"
+    in_loop = _series(sft_run, "eval/arithmetic/accuracy")  # at step 0, every 100 steps (the recipe), at the end
+    assert len(in_loop) == 5 and (sft_run / "eval" / "step-400" / "results.json").is_file()
+    assert in_loop[0] == 0.0 and in_loop[-1] >= 0.3, f"in-loop held-out accuracy {in_loop}"
 
 
 @pytest.mark.slow
