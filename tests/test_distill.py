@@ -59,7 +59,8 @@ def test_teacher_config_errors_name_the_field(tmp_path: Path) -> None:
         load_recipe(recipe, ["algo.teacher.path=null", "algo.teacher.server=http://localhost:1/v1"], paths=False)
     with pytest.raises(RecipeError, match=r"exactly one of teacher\.path"):
         load_recipe(recipe, ["algo.teacher.server=http://localhost:1/v1"], paths=False)
-    with pytest.raises(RecipeError, match=r"algo.teacher.path: no such folder"):
+    missing = r"algo\.teacher\.path \(from the override algo\.teacher\.path=.*\): no such folder"
+    with pytest.raises(RecipeError, match=missing):
         load_recipe(recipe, [f"algo.teacher.path={tmp_path / 'missing'}"])
 
 
