@@ -1,8 +1,8 @@
 """Building one vLLM engine for rollouts: the config, the process environment it needs, and the ``LLM`` itself.
 
-Environment facts (PLATFORM.md): on CPU the engine needs ``VLLM_CPU_KVCACHE_SPACE`` (GiB), runs in-process with
-``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (5 s start, 1.7 GiB instead of 33 s, 3 GiB) and keeps its compile cache in
-``VLLM_CACHE_ROOT``. Per-request sampling seeds crash with chunked prefill on CPU, so the seed is the engine's.
+Environment facts (measured on 2-core CPU machines): on CPU the engine needs ``VLLM_CPU_KVCACHE_SPACE`` (GiB),
+runs in-process with ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (5 s start, 1.7 GiB instead of 33 s, 3 GiB) and keeps its
+compile cache in ``VLLM_CACHE_ROOT``. Per-request sampling seeds crash with chunked prefill on CPU, so the seed is the engine's.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ class PoolConfig:
 
 
 def init_ray(run_dir: str | Path, num_cpus: int = 2, object_store_mib: int = 256) -> Path:
-    """Start a local Ray cluster sized for a small machine (PLATFORM.md); returns Ray's temp folder.
+    """Start a local Ray cluster sized for a small machine (measured on 2 cores); returns Ray's temp folder.
 
     Ray's files go to ``run_dir/ray``, unless that path is too long for its unix sockets (AF_UNIX paths are
     limited to 107 bytes and Ray appends ~62): then to a short ``/tmp/hyrl_ray_*`` folder that ``run_dir/ray``
