@@ -2,7 +2,8 @@
 
 Environment facts (measured on 2-core CPU machines): on CPU the engine needs ``VLLM_CPU_KVCACHE_SPACE`` (GiB),
 runs in-process with ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (5 s start, 1.7 GiB instead of 33 s, 3 GiB) and keeps its
-compile cache in ``VLLM_CACHE_ROOT``. Per-request sampling seeds crash with chunked prefill on CPU, so the seed is the engine's.
+compile cache in ``VLLM_CACHE_ROOT``. Per-request sampling seeds crash with chunked prefill on CPU, so the seed is
+the engine's.
 """
 
 from __future__ import annotations
