@@ -36,7 +36,7 @@ class DataConfig(Section):
     """Prompts and answers from a synthetic task family (or a JSONL file with ``prompt``/``answer`` fields)."""
 
     task: str = "arithmetic"
-    task_options: dict[str, int] = Field(default_factory=dict, description="difficulty knobs, e.g. {max_digits: 1}")
+    task_options: dict[str, Any] = Field(default_factory=dict, description="difficulty knobs, e.g. {max_digits: 1}")
     path: Path | None = None
     num_train: PositiveInt = 512
     num_eval: PositiveInt = 64
@@ -103,6 +103,9 @@ class SFTWarmStart(Section):
     steps: PositiveInt = 300
     lr: PositiveFloat = 3e-3
     batch_size: PositiveInt = 32
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="constant leaves the model un-annealed, so the RL stage can still move it "
+        "(docs/learning.md)")
 
 
 class GRPOAlgo(Section):
@@ -178,6 +181,7 @@ class OptimConfig(Section):
     lr: PositiveFloat = 1e-3
     weight_decay: NonNegativeFloat = 0.0
     warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="after the linear warmup")
     max_steps: PositiveInt = 100
     batch_size: PositiveInt = 16
     grad_accum: PositiveInt = 1

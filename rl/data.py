@@ -29,8 +29,10 @@ def load_examples(data: DataConfig, split: str) -> list[Example]:
 
 
 def sft_dataset(data: DataConfig) -> Dataset:
-    """Prompt/completion pairs; TRL masks the prompt and appends EOS to the completion."""
-    rows = [{"prompt": ex.prompt, "completion": ex.answer} for ex in load_examples(data, "train")]
+    """Prompt/completion pairs; TRL masks the prompt and appends EOS to the completion. The completion is the
+    example's demonstration where the task has one (a teacher's answer, possibly wrong), else its answer."""
+    rows = [{"prompt": ex.prompt, "completion": ex.meta.get("demonstration", ex.answer)}
+            for ex in load_examples(data, "train")]
     return Dataset.from_list(rows)
 
 

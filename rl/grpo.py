@@ -185,7 +185,8 @@ def warm_start(ctx: RunContext) -> RunContext:
         sft_recipe = ctx.recipe.model_copy(update={
             "name": f"{ctx.recipe.name}: SFT warm start",  # the title of warm_start/curves.png
             "algo": SFTAlgo(),
-            "optim": OptimConfig(lr=ws.lr, max_steps=ws.steps, batch_size=ws.batch_size, warmup_steps=10),
+            "optim": OptimConfig(lr=ws.lr, max_steps=ws.steps, batch_size=ws.batch_size, warmup_steps=10,
+                                 lr_schedule=ws.lr_schedule),
             "checkpoint": ctx.recipe.checkpoint.model_copy(update={"every_n_steps": 0, "resume": False}),
             "eval": EvalConfig(),  # GRPO's in-loop evaluation is for GRPO steps
             "logging": ctx.recipe.logging.model_copy(update={"run_dir": sft_dir}),

@@ -131,7 +131,7 @@ def trainer_args(ctx: RunContext) -> dict:
         weight_decay=o.weight_decay,
         warmup_steps=o.warmup_steps,
         max_grad_norm=o.max_grad_norm,
-        lr_scheduler_type="cosine",
+        lr_scheduler_type="cosine" if o.lr_schedule == "cosine" else "constant_with_warmup",
         logging_steps=r.logging.every_n_steps,
         save_strategy="steps" if every else "no",
         save_steps=every or 500,

@@ -46,15 +46,43 @@ def _accuracies(run_dir: Path, task: str = "arithmetic") -> list[float]:
     return [r[f"eval/{task}/accuracy"] for r in read_metrics(run_dir / "metrics.jsonl") if f"eval/{task}/accuracy" in r]
 
 
+def _reward_gain(run_dir: Path, k: int = 10) -> float:
+    """Mean reward of the last ``k`` steps minus that of the first ``k``."""
+    rewards = [r["reward"] for _, r in sorted(_steps(run_dir).items())]
+    assert len(rewards) >= 2 * k, len(rewards)
+    return sum(rewards[-k:]) / k - sum(rewards[:k]) / k
+
+
+@pytest.fixture(scope="module")
+def seed_runs(default_run: Path) -> list[Path]:
+    """The default run plus the recipe's GRPO stage with two more seeds, from the same warm start."""
+    runs = [default_run]
+    for seed in (1, 2):
+        run_dir = default_run.parent / f"seed{seed}"
+        _train(run_dir, f"seed={seed}", f"model.path={default_run / 'warm_start' / 'final'}", "algo.warm_start=null")
+        runs.append(run_dir)
+    return runs
+
+
 def test_default_recipe_learns_the_task(default_run: Path) -> None:
-    """The warm start takes the untrained model well above zero; GRPO keeps (at least) what it learned. Both
-    numbers come from the run's own held-out evaluation (the same ones `hyrl eval` gives)."""
+    """The warm start takes the untrained model well above zero, and GRPO's step-0 evaluation scores exactly that
+    model. Both numbers come from the run's own held-out evaluation (the same ones `hyrl eval` gives)."""
     untrained, warm = _accuracies(default_run / "warm_start")[0], _accuracies(default_run / "warm_start")[-1]
     before_grpo, after = _accuracies(default_run)[0], _accuracies(default_run)[-1]
     assert before_grpo == pytest.approx(warm, abs=0.05), "GRPO's step-0 evaluation must score the warm start"
     assert after >= untrained + 0.10, f"held-out accuracy {untrained:.3f} untrained -> {after:.3f} after the recipe"
-    assert after >= before_grpo - 0.15, f"GRPO lost accuracy: {before_grpo:.3f} -> {after:.3f}"
     assert (default_run / "curves.png").is_file() and (default_run / "final" / "config.json").is_file()
+
+
+def test_grpo_improves_the_warm_start_over_seeds(seed_runs: list[Path]) -> None:
+    """GRPO raises held-out greedy accuracy and the reward, on the mean of three seeds. Margins: over 4 seeds of a
+    plain-torch replica and 3 pipeline seeds the accuracy gain was +0.07 to +0.23 (mean +0.1 to +0.17) and the
+    reward gain +0.06 to +0.24 (docs/learning.md); the bounds sit well below those means, so a different CPU
+    does not flip them, while a pipeline that does not learn (shuffled advantages: -0.15 to -0.37) fails."""
+    acc_gains = [_accuracies(r)[-1] - _accuracies(r)[0] for r in seed_runs]
+    reward_gains = [_reward_gain(r) for r in seed_runs]
+    assert sum(acc_gains) / len(acc_gains) >= 0.04, f"held-out accuracy gains per seed: {acc_gains}"
+    assert sum(reward_gains) / len(reward_gains) >= 0.04, f"reward gains (last 10 - first 10 steps): {reward_gains}"
 
 
 def test_weight_sync_every_step(default_run: Path, rollout_bound) -> None:

@@ -83,3 +83,24 @@ def test_on_policy_pairs_reject_the_models_own_mistake() -> None:
     rows = on_policy_pairs(scripted, task, examples, num_samples=2, temperature=1.0, max_new_tokens=4, seed=0)
     assert rows == [{"prompt": "1+1=", "chosen": "2", "rejected": "3"},
                     {"prompt": "2+2=", "chosen": "4", "rejected": "5"}]
+
+
+def test_carry_slip_changes_only_the_demonstrations_of_carrying_sums() -> None:
+    """A sloppy teacher's demonstrations: the carry-free sum, on about ``carry_slip`` of the sums that carry; the
+    prompts and the answers that rewards and evaluation check stay those of the clean task."""
+    from hyrl.config import DataConfig
+    from hyrl.rl.data import sft_dataset
+    from hyrl.tasks.arithmetic import carry_free_sum
+
+    assert carry_free_sum(47, 385) == 322 and carry_free_sum(12, 7) == 19 and carry_free_sum(95, 5) == 90
+    clean, sloppy = get_task("arithmetic").make(2000, 0), get_task("arithmetic", carry_slip=0.6).make(2000, 0)
+    assert [(e.prompt, e.answer) for e in clean] == [(e.prompt, e.answer) for e in sloppy]
+    carrying = [e for e in sloppy if carry_free_sum(e.meta["a"], e.meta["b"]) != int(e.answer)]
+    slipped = [e for e in sloppy if "demonstration" in e.meta]
+    assert all(e in carrying and e.meta["demonstration"] == str(carry_free_sum(e.meta["a"], e.meta["b"]))
+               for e in slipped)
+    # ~ Binomial(len(carrying), 0.6): 5 standard deviations either side
+    sd = (len(carrying) * 0.6 * 0.4) ** 0.5
+    assert abs(len(slipped) - 0.6 * len(carrying)) < 5 * sd, (len(slipped), len(carrying))
+    rows = sft_dataset(DataConfig(task="arithmetic", task_options={"carry_slip": 1.0}, num_train=200))
+    assert any(r["completion"] != str(eval(r["prompt"][:-1])) for r in rows), "SFT must imitate the demonstrations"
