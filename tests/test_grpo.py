@@ -153,7 +153,10 @@ def async_run(default_run: Path) -> tuple[Path, str]:
     (default_run.parent / "user_rewards").mkdir()
     (default_run.parent / "user_rewards" / "my_rewards.py").write_text(FLAKY)
     out = _train(run_dir, f"model.path={default_run / 'warm_start' / 'final'}", "algo.warm_start=null",
-                 "optim.max_steps=6", "rollout.max_staleness=1", "algo.rewards=[exact_match,my_rewards:flaky]",
+                 # lr 1e-4: the parity gate counts a one-step policy lag as mismatch (at the recipe's 1e-3 the lag
+                 # alone reaches KL 0.01 within ~10 steps; docs/learning.md section 6)
+                 "optim.max_steps=6", "optim.lr=1e-4", "rollout.max_staleness=1",
+                 "algo.rewards=[exact_match,my_rewards:flaky]",
                  "checkpoint.every_n_steps=0", "rollout.enforce_eager=true",
                  env={"PYTHONPATH": str(default_run.parent / "user_rewards")})
     return run_dir, out
