@@ -157,7 +157,7 @@ def logit_kd(ctx: RunContext) -> dict[str, Any]:
         model=load_causal_lm(ctx.init_model_dir, r.model.implementation),
         args=SFTConfig(**trainer_args(ctx), max_length=algo.max_length, completion_only_loss=True),
         train_dataset=sft_dataset(r.data), processing_class=tokenizer,
-        callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints(), *eval_callbacks(ctx)],
+        callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints(ctx), *eval_callbacks(ctx)],
         teacher=load_causal_lm(algo.teacher.path, "hyrl"), top_k=algo.top_k,
     )
     quiet_console(trainer, bar=r.logging.progress)

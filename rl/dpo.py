@@ -39,7 +39,7 @@ def train_dpo(ctx: RunContext) -> None:
         args=args,
         train_dataset=preference_data(ctx, model, tokenizer),
         processing_class=tokenizer,
-        callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints(), SkipNonFinite(ctx), *eval_callbacks(ctx)],
+        callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints(ctx), SkipNonFinite(ctx), *eval_callbacks(ctx)],
     )
     quiet_console(trainer, bar=recipe.logging.progress)
     trainer.train(resume_from_checkpoint=resume_point(ctx))

@@ -112,7 +112,7 @@ def build_trainer(ctx: RunContext, pool, teacher_dir: Path | None = None) -> Hyr
     trainer = HyrlGRPOTrainer(
         model=load_causal_lm(ctx.init_model_dir, r.model.implementation), reward_funcs=rewards,
         args=grpo_args(ctx), train_dataset=dataset, processing_class=tokenizer, rollout_func=rollout,
-        callbacks=[MetricsCallback(ctx.metrics), StepTimer(trainer_ref), CompleteCheckpoints(),
+        callbacks=[MetricsCallback(ctx.metrics), StepTimer(trainer_ref), CompleteCheckpoints(ctx),
                    *eval_callbacks(ctx, lambda model, tok: _synced(rollout, trainer_ref[0], pool, tok))],
         correction=algo.mismatch, parity_gate=algo.parity_gate, reward_failures=failures,
         teacher=load_causal_lm(teacher_dir, "hyrl") if teacher_dir is not None else None,

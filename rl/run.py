@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from hyrl.config import Recipe, dump_recipe
+from hyrl.rl.checkpoints import newest_intact, rotate, write_manifest
 from hyrl.tracking import MetricsLog
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ def trainer_args(ctx: RunContext) -> dict:
         logging_steps=r.logging.every_n_steps,
         save_strategy="steps" if every else "no",
         save_steps=every or 500,
-        save_total_limit=r.checkpoint.keep_last,
+        save_total_limit=None,  # CompleteCheckpoints rotates, after the new checkpoint is complete
         report_to=[],
         seed=r.seed,
         data_seed=r.seed,
@@ -146,37 +147,33 @@ def trainer_args(ctx: RunContext) -> dict:
     )
 
 
-COMPLETE = "hyrl-complete"
-
-
 class CompleteCheckpoints(TrainerCallback):
-    """Marks a checkpoint folder complete once everything in it is written (the marker is written last).
+    """Writes each checkpoint's manifest (per-file sizes and checksums) once everything in it is saved, then
+    rotates to ``checkpoint.keep_last``. The trainer's own rotation is off (``save_total_limit=None``): it deleted
+    the old checkpoint before the new one was complete, so a kill in between lost both."""
 
-    A crash mid-save leaves a folder without the marker, which ``resume_point`` ignores: checkpoints are atomic
-    from the reader's side.
-    """
+    def __init__(self, ctx: RunContext):
+        self.keep_last = ctx.recipe.checkpoint.keep_last
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir() and state.is_world_process_zero:
-            tmp = folder / f".{COMPLETE}.tmp"
-            tmp.write_text(f"{state.global_step}\n")
-            os.replace(tmp, folder / COMPLETE)
+            write_manifest(folder, state.global_step)
+            rotate(Path(args.output_dir), self.keep_last)
 
 
 def latest_checkpoint(ctx: RunContext) -> Path | None:
-    """The newest complete checkpoint folder of the run, if any."""
-    ckpts = [p for p in ctx.checkpoint_dir.glob("checkpoint-*") if (p / COMPLETE).is_file()]
-    return max(ckpts, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    """The newest checkpoint of the run whose files match its manifest (newer damaged ones are reported)."""
+    return newest_intact(ctx.checkpoint_dir)
 
 
 def resume_point(ctx: RunContext) -> str | None:
-    """The newest complete checkpoint, when the recipe asks to resume and one exists."""
+    """The newest intact checkpoint, when the recipe asks to resume and one exists."""
     if not ctx.recipe.checkpoint.resume:
         return None
     last = latest_checkpoint(ctx)
     if last is None:
-        print(f"hyrl: checkpoint.resume=true but no complete checkpoint in {ctx.checkpoint_dir}; starting fresh")
+        print(f"hyrl: checkpoint.resume=true but no intact checkpoint in {ctx.checkpoint_dir}; starting fresh")
         return None
     print(f"hyrl: resuming from {last}")
     return str(last)

@@ -36,7 +36,7 @@ def train_sft(ctx: RunContext, dataset: Dataset | None = None) -> None:
         args=args,
         train_dataset=dataset if dataset is not None else sft_dataset(recipe.data),
         processing_class=tokenizer,
-        callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints(), SkipNonFinite(ctx), *eval_callbacks(ctx)],
+        callbacks=[MetricsCallback(ctx.metrics), CompleteCheckpoints(ctx), SkipNonFinite(ctx), *eval_callbacks(ctx)],
     )
     quiet_console(trainer, bar=recipe.logging.progress)
     trainer.train(resume_from_checkpoint=resume_point(ctx))

@@ -62,4 +62,4 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path: Path, train) -> Non
     train("sft_tiny.yaml", run_dir, *common[1:], "optim.max_steps=30", "checkpoint.resume=true")
     steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 30, steps
-    assert (run_dir / "checkpoints" / "checkpoint-30" / "hyrl-complete").is_file()
+    assert (run_dir / "checkpoints" / "checkpoint-30" / "hyrl-manifest.json").is_file()
