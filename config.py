@@ -120,6 +120,11 @@ class GRPOAlgo(Section):
     epsilon_high: PositiveFloat | None = Field(None, description="upper clip; default epsilon (dapo: 0.28)")
     rewards: list[str] = Field(default_factory=lambda: ["exact_match"], min_length=1)
     reward_weights: list[float] | None = None
+    reward_timeout_s: PositiveFloat = Field(60.0, description="per call of a user reward (module:function), which "
+                                            "runs in its own process")
+    reward_memory_mb: PositiveInt | None = Field(None, description="address-space cap of a user reward's process")
+    reward_max_failures: PositiveInt | None = Field(None, description="stop the run after this many reward "
+                                                    "failures; default: report them and go on")
     mismatch: Correction = TISCorrection()
     parity_gate: ParityGate | None = None
     warm_start: SFTWarmStart | None = None
@@ -509,6 +514,14 @@ def check_paths(recipe: Recipe) -> list[str]:
             problems.append(f"eval.tasks[{i}]: {e.args[0]}")
         except (ValueError, OSError) as e:
             problems.append(f"eval.tasks[{i}]: {e}")
+    for i, name in enumerate(getattr(recipe.algo, "rewards", [])):
+        from hyrl.rl.rewards import get_reward
+
+        try:
+            get_reward(name)
+        except KeyError as e:
+            problems.append(f"algo.rewards[{i}]: {e.args[0]} (fix: a registered name, or module:function importable "
+                            f"from the working directory or PYTHONPATH)")
     teacher = getattr(recipe.algo, "teacher", None)
     if teacher is not None and teacher.path is not None:
         problems.append(_check_model("algo.teacher.path", teacher.path,

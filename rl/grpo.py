@@ -28,6 +28,7 @@ from hyrl.eval.in_loop import eval_callbacks
 from hyrl.rl.data import load_examples
 from hyrl.rl.grpo_trainer import HyrlGRPOTrainer
 from hyrl.rl.guard import GuardedReward, RewardFailures
+from hyrl.rl.reward_process import RewardProcess
 from hyrl.rl.rewards import get_reward
 from hyrl.rl.rollout_func import PoolRollout
 from hyrl.rl.run import CompleteCheckpoints, MetricsCallback, RunContext, quiet_console, resume_point, trainer_args
@@ -92,6 +93,14 @@ class StepTimer(TrainerCallback):
         self.trainer_ref[0].add_metrics({"time/step_seconds": time.perf_counter() - self.t0})
 
 
+def _reward_fn(name: str, algo: GRPOAlgo):
+    """Built-in rewards run in-process; a user's ``module:function`` runs in its own process with a timeout."""
+    if ":" not in name:
+        return get_reward(name)
+    get_reward(name)  # fail here, naming the reward, if it does not import
+    return RewardProcess(name, timeout_s=algo.reward_timeout_s, memory_mb=algo.reward_memory_mb)
+
+
 def build_trainer(ctx: RunContext, pool, teacher_dir: Path | None = None) -> HyrlGRPOTrainer:
     """TRL's GRPO trainer wired to hyrl's rollout pool, guarded rewards and mismatch correction (and, for on-policy
     distillation, a teacher that sets each token's advantage)."""
@@ -100,8 +109,8 @@ def build_trainer(ctx: RunContext, pool, teacher_dir: Path | None = None) -> Hyr
     r, algo = ctx.recipe, ctx.recipe.algo
     assert isinstance(algo, GRPOAlgo)
     tokenizer = AutoTokenizer.from_pretrained(str(ctx.init_model_dir))
-    failures = RewardFailures()
-    rewards = [GuardedReward(name.rpartition(":")[2], get_reward(name), failures) for name in algo.rewards]
+    failures = RewardFailures(max_failures=algo.reward_max_failures)
+    rewards = [GuardedReward(name.rpartition(":")[2], _reward_fn(name, algo), failures) for name in algo.rewards]
     sampling = Sampling(max_tokens=r.rollout.max_new_tokens, temperature=r.rollout.temperature, top_p=r.rollout.top_p,
                         seed=r.seed)
     dataset = grpo_dataset(r)

@@ -1,11 +1,18 @@
-"""Reward functions are user code: a reward that raises, returns NaN or the wrong number of values is reported
-with its name and the offending sample, its batch contributes no gradient, and the run goes on."""
+"""Reward functions are user code: a reward that raises, times out, exits, returns NaN or the wrong number of values
+is reported with its name, the offending sample and the cause; its batch contributes no gradient, and the run goes
+on (or stops after ``algo.reward_max_failures``)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from hyrl.rl.reward_process import RewardProcessError
+
+
+class RewardFailureLimit(RuntimeError):
+    """More reward failures than ``algo.reward_max_failures``: the run stops instead of training on bad rewards."""
 
 
 @dataclass
@@ -14,10 +21,15 @@ class RewardFailures:
 
     failed_steps: set[int] = field(default_factory=set)
     messages: list[str] = field(default_factory=list)
+    max_failures: int | None = None
 
     def report(self, step: int, message: str) -> None:
         self.failed_steps.add(step)
         self.messages.append(f"step {step}: {message}")
+        print(f"hyrl: reward failure at step {step}: {message}", flush=True)
+        if self.max_failures is not None and len(self.messages) > self.max_failures:
+            raise RewardFailureLimit(f"{len(self.messages)} reward failures, more than algo.reward_max_failures="
+                                     f"{self.max_failures}; the last: {self.messages[-1]}")
 
 
 def _sample(prompts: list, completions: list, i: int) -> str:
@@ -36,6 +48,10 @@ class GuardedReward:
         n = len(completions)
         try:
             out = [float(x) for x in self.fn(prompts, completions, **meta)]
+        except RewardProcessError as e:  # re-running sample by sample would time out or crash again
+            self.failures.report(step, f"reward {self.__name__!r} {e} on a batch of {n} completions "
+                                       f"(first: {_sample(prompts, completions, 0)})")
+            return [0.0] * n
         except Exception as e:
             bad = self._first_raising(prompts, completions, meta)
             where = _sample(prompts, completions, bad) if bad is not None else "the batch"

@@ -140,9 +140,21 @@ def test_resume_is_exact(default_run: Path, tmp_path: Path) -> None:
 
 
 FLAKY = '''
+import os, time
+
 def flaky(prompts, completions, trainer_state=None, **_):
     if trainer_state.global_step == 2:
         raise RuntimeError("flaky reward broke")
+    return [0.0] * len(completions)
+
+def sleepy(prompts, completions, trainer_state=None, **_):
+    if trainer_state.global_step == 3:
+        time.sleep(600)
+    return [0.0] * len(completions)
+
+def exits(prompts, completions, trainer_state=None, **_):
+    if trainer_state.global_step == 4:
+        os._exit(3)
     return [0.0] * len(completions)
 '''
 
@@ -156,7 +168,8 @@ def async_run(default_run: Path) -> tuple[Path, str]:
                  # lr 1e-4: the parity gate counts a one-step policy lag as mismatch (at the recipe's 1e-3 the lag
                  # alone reaches KL 0.01 within ~10 steps; docs/learning.md section 6)
                  "optim.max_steps=6", "optim.lr=1e-4", "rollout.max_staleness=1",
-                 "algo.rewards=[exact_match,my_rewards:flaky]",
+                 "algo.rewards=[exact_match,my_rewards:flaky,my_rewards:sleepy,my_rewards:exits]",
+                 "algo.reward_timeout_s=5",
                  "checkpoint.every_n_steps=0", "rollout.enforce_eager=true",
                  env={"PYTHONPATH": str(default_run.parent / "user_rewards")})
     return run_dir, out
@@ -171,7 +184,11 @@ def test_async_staleness_bound(async_run: tuple[Path, str]) -> None:
 
 
 def test_bad_reward_is_reported_and_the_run_continues(async_run: tuple[Path, str]) -> None:
+    """User rewards run in their own processes: one that raises, one that hangs and one that exits are each named
+    with the cause, the learner survives, and only the steps they scored contribute no gradient."""
     run_dir, out = async_run
     assert "reward 'flaky' raised RuntimeError: flaky reward broke on sample 0" in out
+    assert "reward 'sleepy' timed out after 5 s (algo.reward_timeout_s)" in out
+    assert "reward 'exits' its process exited with code 3" in out
     skipped = [s for s, r in _steps(run_dir).items() if r.get("reward/skipped_step")]
-    assert skipped == [3], skipped  # generated at learner step 2, logged after optimizer step 3
+    assert skipped == [3, 4, 5], skipped  # generated at learner steps 2-4, logged after optimizer steps 3-5
