@@ -6,8 +6,8 @@ held-out greedy accuracy over steps as JSON. It isolates learning dynamics from 
 
 cfg: ws (a model folder, or an SFT warm start {steps, lr, sched: cos|const, slip: carry_slip}), lr, T, P (prompts
 per step), G (samples per prompt), steps, warmup, sched, mode (grpo | drgrpo | pos: positive advantages only |
-shuffle: advantages shuffled, the control), seed, every (evaluation interval). ws.init: the random-init folder to
-start from (default: a fresh `tiny` model built at seed 0 in a temporary folder).
+shuffle: advantages shuffled, the control), b2 (Adam's beta2), seed, every (evaluation interval). ws.init: the
+random-init folder to start from (default: a fresh `tiny` model built at seed 0 in a temporary folder).
 """
 import json
 import math
@@ -136,7 +136,7 @@ if not isinstance(ws, str):
 lr, T, P, G, steps = cfg["lr"], cfg["T"], cfg["P"], cfg.get("G", 8), cfg["steps"]
 mode = cfg.get("mode", "grpo")
 train = split_examples(clean, 4096, 0, "train")
-opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0)
+opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, cfg.get("b2", 0.999)))
 sch = schedule(opt, cfg.get("warmup", 10), steps, cfg.get("sched", "cos"))
 log["acc"].append((0, greedy_acc()))
 dump()
