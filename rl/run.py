@@ -16,6 +16,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from hyrl.config import Recipe, dump_recipe
 from hyrl.rl.checkpoints import newest_intact, rotate, write_manifest
+from hyrl.rl.faults import fault_point
 from hyrl.tracking import MetricsLog
 
 if TYPE_CHECKING:
@@ -158,6 +159,7 @@ class CompleteCheckpoints(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir() and state.is_world_process_zero:
+            fault_point("checkpoint-before-manifest", state.global_step)
             write_manifest(folder, state.global_step)
             rotate(Path(args.output_dir), self.keep_last)
 

@@ -91,3 +91,28 @@ def test_resume_falls_back_past_a_damaged_checkpoint(tmp_path: Path, train, dama
     assert steps == list(range(1, 31)), steps
     final = load_file(run_dir / "final" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in final.values())
+
+
+@pytest.mark.slow
+def test_a_kill_during_a_save_loses_only_the_unfinished_checkpoint(tmp_path: Path, train) -> None:
+    """SIGKILL after the trainer wrote checkpoint-20 but before its manifest (``HYRL_FAULT``): resume names the
+    unfinished folder, continues from checkpoint-10, and every step is logged once."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "killed"
+    common = ["checkpoint.every_n_steps=10", "checkpoint.keep_last=1", "data.num_train=256", "logging.every_n_steps=1",
+              "eval.every_n_steps=0", "optim.max_steps=30", f"logging.run_dir={run_dir}", "logging.progress=false"]
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "sft_tiny.yaml")
+    killed = subprocess.run([sys.executable, "-m", "hyrl.cli", "train", recipe, *common], capture_output=True,
+                            text=True, env={**os.environ, "HYRL_FAULT": "checkpoint-before-manifest:20"}, timeout=600)
+    assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
+    checkpoints = run_dir / "checkpoints"
+    assert (checkpoints / "checkpoint-10" / MANIFEST).is_file(), "keep_last=1 must not have deleted the only one"
+    assert not (checkpoints / "checkpoint-20" / MANIFEST).exists()
+    out = train("sft_tiny.yaml", run_dir, *common[:-2], "checkpoint.resume=true").stdout
+    assert f"skipping {checkpoints / 'checkpoint-20'}: no manifest (the save was interrupted)" in out, out[-2000:]
+    assert f"resuming from {checkpoints / 'checkpoint-10'}" in out
+    steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+    assert steps == list(range(1, 31)), steps
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-30"]
