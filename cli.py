@@ -284,11 +284,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from hyrl.rl.cluster import ClusterError
     from hyrl.rl.finite import NonFiniteError
+    from hyrl.rl.grpo import LearnerDied
+    from hyrl.rl.grpo_trainer import ParityGateError
+    from hyrl.rl.guard import RewardFailureLimit
     from hyrl.rl.teacher import TeacherError
 
     try:
         train(recipe)
-    except (TeacherError, ClusterError, NonFiniteError) as e:
+    except (TeacherError, ClusterError, NonFiniteError, LearnerDied, ParityGateError, RewardFailureLimit) as e:
         print(f"hyrl: {e}", file=sys.stderr)
         return 2
     return 0

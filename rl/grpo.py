@@ -26,8 +26,9 @@ from trl import GRPOConfig
 from hyrl.config import GRPOAlgo, Recipe
 from hyrl.eval.in_loop import eval_callbacks
 from hyrl.rl.data import load_examples
-from hyrl.rl.grpo_trainer import HyrlGRPOTrainer
-from hyrl.rl.guard import GuardedReward, RewardFailures
+from hyrl.rl.faults import fault_point
+from hyrl.rl.grpo_trainer import HyrlGRPOTrainer, ParityGateError
+from hyrl.rl.guard import GuardedReward, RewardFailureLimit, RewardFailures
 from hyrl.rl.reward_process import RewardProcess
 from hyrl.rl.rewards import get_reward
 from hyrl.rl.rollout_func import PoolRollout
@@ -87,6 +88,7 @@ class StepTimer(TrainerCallback):
         self.trainer_ref, self.t0 = trainer_ref, time.perf_counter()
 
     def on_step_begin(self, args, state, control, **kwargs):
+        fault_point("learner-step", state.global_step + 1)
         self.t0 = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -182,6 +184,35 @@ class Learner:
         return summary
 
 
+class LearnerDied(RuntimeError):
+    """A learner worker's process died (killed, out of memory, a lost node): named, with where to resume."""
+
+
+def _train_learners(learners, ctx: RunContext) -> list[dict[str, Any]]:
+    """``learners.train()``, with hyrl's own errors unwrapped from Ray's and a dead learner named."""
+    import ray
+
+    try:
+        return learners.train()
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(getattr(e, "cause", None), ParityGateError | RewardFailureLimit):
+            raise e.cause from None
+        raise
+    except ray.exceptions.ActorDiedError as e:
+        from hyrl.rl.run import latest_checkpoint
+        from hyrl.tracking import read_metrics
+
+        steps = [r["step"] for r in read_metrics(ctx.run_dir / "metrics.jsonl") if "loss" in r]
+        text = str(e)
+        cause = ("it was killed (SIGKILL: out of memory, a preempted node or kill -9)" if "SIGKILL" in text
+                 or "killed" in text.lower() else text.strip().splitlines()[0][:300])
+        last = latest_checkpoint(ctx)
+        where = (f"resume from {last} with checkpoint.resume=true" if last is not None
+                 else "no checkpoint was saved yet (checkpoint.every_n_steps)")
+        raise LearnerDied(f"a learner worker died after step {max(steps, default=0)}: {cause}; its log is in "
+                          f"{ctx.run_dir / 'ray'}; {where}") from None
+
+
 def warm_start(ctx: RunContext) -> RunContext:
     """Run the recipe's SFT warm start into ``<run_dir>/warm_start`` (once) and start GRPO from its model."""
     from hyrl.config import EvalConfig, OptimConfig, SFTAlgo
@@ -241,7 +272,7 @@ def train_grpo(ctx: RunContext, teacher_dir: Path | None = None) -> dict[str, An
                 env={"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
             with watch_metrics(ctx.run_dir / "metrics.jsonl", r.optim.max_steps, enabled=r.logging.progress,
                                desc=r.name):
-                summaries = learners.train()
+                summaries = _train_learners(learners, ctx)
             summary = {**summaries[0], "weights_checksums": [s["weights_checksum"] for s in summaries],
                        "reward_failures": [m for s in summaries for m in s["reward_failures"]],
                        "rollout_health": pool.health()}

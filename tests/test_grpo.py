@@ -139,6 +139,25 @@ def test_resume_is_exact(default_run: Path, tmp_path: Path) -> None:
         torch.testing.assert_close(wb[name], wa[name], atol=1e-6, rtol=0)
 
 
+def test_a_killed_learner_is_named_and_the_run_resumes(default_run: Path, tmp_path: Path) -> None:
+    """SIGKILL of the learner actor as step 4 begins (``HYRL_FAULT``, as the OOM killer would): the run stops with
+    a named error (not Ray's traceback) saying where to resume; resuming finishes with every step logged once."""
+    run_dir = tmp_path / "killed"
+    common = [f"model.path={default_run / 'warm_start' / 'final'}", "algo.warm_start=null", "optim.max_steps=6",
+              "checkpoint.every_n_steps=2", "eval.every_n_steps=0", "rollout.enforce_eager=true"]
+    cmd = [sys.executable, "-m", "hyrl.cli", "train", str(ROOT / "recipes" / "grpo_tiny.yaml"),
+           f"logging.run_dir={run_dir}", "logging.progress=false", *common]
+    killed = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                            env={**os.environ, "HYRL_FAULT": "learner-step:4"})
+    assert killed.returncode == 2, (killed.returncode, killed.stderr[-3000:])
+    assert (f"hyrl: a learner worker died after step 3: it was killed (SIGKILL: out of memory, a preempted node or "
+            f"kill -9); its log is in {run_dir / 'ray'}; resume from {run_dir / 'checkpoints' / 'checkpoint-2'} with "
+            f"checkpoint.resume=true") in killed.stderr, killed.stderr[-3000:]
+    out = _train(run_dir, *common, "checkpoint.resume=true")
+    assert f"resumed from {run_dir / 'checkpoints' / 'checkpoint-2'}" in out
+    assert sorted(_steps(run_dir)) == [1, 2, 3, 4, 5, 6]
+
+
 FLAKY = '''
 import os, time
 
