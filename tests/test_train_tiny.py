@@ -43,15 +43,32 @@ def test_final_checkpoint_reloads_with_transformers(sft_run: Path) -> None:
         torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, atol=1e-5, rtol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def dpo_runs(sft_run: Path, train) -> list[Path]:
+    """dpo_tiny from the SFT recipe's model, seeds 0-2 (the seed draws the on-policy pairs and the data order)."""
+    runs = []
+    for seed in (0, 1, 2):
+        run_dir = sft_run.parent / f"dpo-seed{seed}"
+        train("dpo_tiny.yaml", run_dir, f"model.path={sft_run / 'final'}", f"seed={seed}")
+        runs.append(run_dir)
+    return runs
+
+
 @pytest.mark.slow
-def test_dpo_margin_rises_from_sft(sft_run: Path, train) -> None:
-    run_dir = sft_run.parent / "dpo"
-    train("dpo_tiny.yaml", run_dir, f"model.path={sft_run / 'final'}")
-    margins = _series(run_dir, "rewards/margins")
-    assert len(margins) >= 6
-    early, late = sum(margins[:3]) / 3, sum(margins[-3:]) / 3
-    assert late > early + 0.05, f"DPO margin {early:.3f} -> {late:.3f}"
-    assert (run_dir / "final" / "config.json").is_file()
+def test_dpo_improves_held_out_accuracy_over_seeds(dpo_runs: list[Path]) -> None:
+    """On-policy DPO raises the preference margin and held-out greedy accuracy on the mean of three seeds.
+    Measured on 2 cores: accuracy +0.09 / +0.16 / +0.11, margin +0.09 / +0.06 / +0.09 (first 3 vs last 3 logs);
+    the bounds sit well below those means (docs/learning.md), while DPO that unlearns (lr 3e-4: +0.00) fails."""
+    margin_gains, acc_gains = [], []
+    for run_dir in dpo_runs:
+        margins = _series(run_dir, "rewards/margins")
+        assert len(margins) >= 6
+        margin_gains.append(sum(margins[-3:]) / 3 - sum(margins[:3]) / 3)
+        acc = _series(run_dir, "eval/arithmetic/accuracy")
+        acc_gains.append(acc[-1] - acc[0])
+        assert (run_dir / "final" / "config.json").is_file() and (run_dir / "dpo_pairs.jsonl").is_file()
+    assert sum(margin_gains) / 3 >= 0.03, f"DPO margin gains per seed: {margin_gains}"
+    assert sum(acc_gains) / 3 >= 0.04, f"held-out accuracy gains per seed: {acc_gains}"
 
 
 @pytest.mark.slow
