@@ -25,8 +25,8 @@ from trl import GRPOConfig
 
 from hyrl.config import GRPOAlgo, Recipe
 from hyrl.eval.in_loop import eval_callbacks
+from hyrl.faults import fault_point
 from hyrl.rl.data import load_examples
-from hyrl.rl.faults import fault_point
 from hyrl.rl.grpo_trainer import HyrlGRPOTrainer, ParityGateError
 from hyrl.rl.guard import GuardedReward, RewardFailureLimit, RewardFailures
 from hyrl.rl.reward_process import RewardProcess

@@ -15,8 +15,8 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from hyrl.config import Recipe, dump_recipe
+from hyrl.faults import fault_point
 from hyrl.rl.checkpoints import newest_intact, rotate, write_manifest
-from hyrl.rl.faults import fault_point
 from hyrl.tracking import MetricsLog
 
 if TYPE_CHECKING:

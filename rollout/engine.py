@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from hyrl.faults import FAULT_ENV
+
 
 @dataclass
 class EngineConfig:
@@ -52,6 +54,7 @@ def engine_env(cfg: EngineConfig) -> dict[str, str]:
     }
     if not torch.cuda.is_available():
         env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gib)
+    env.update({k: os.environ[k] for k in FAULT_ENV if k in os.environ})  # fault-injection tests reach workers too
     return env
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tempfile
 import time
 from collections import deque
@@ -169,8 +170,11 @@ class RolloutPool:
         for i, ref in enumerate(refs):
             try:
                 reports.append(ray.get(ref, timeout=self.cfg.request_timeout_s or self.cfg.restart_timeout_s))
-            except _WORKER_LOST:  # re-synced when next used
+            except _WORKER_LOST as err:  # re-synced when next used
                 reports.append({"worker_id": i, "version": None, "lost": True})
+                print(f"hyrl: rollout worker {i} was lost during the weight sync to version {version} "
+                      f"({type(err).__name__}); Ray restarts it and it is re-synced to version {version} before "
+                      "its next request", file=sys.stderr, flush=True)
         bad = [r for r in reports if not r.get("lost") and r["checksum"] != handle.checksum]
         if bad:
             raise RolloutError(f"checksum mismatch after update on workers {[r['worker_id'] for r in bad]}")

@@ -12,6 +12,7 @@ import tempfile
 import time
 from typing import Any
 
+from hyrl.faults import fault_point
 from hyrl.rollout.batch import RolloutBatch, Sampling
 from hyrl.rollout.engine import EngineConfig, make_llm
 from hyrl.rollout.weights import (
@@ -86,6 +87,7 @@ class RolloutWorker:
         new_version = self.version + 1 if version is None else version
         if new_version <= self.version:
             raise ValueError(f"worker {self.worker_id}: version {new_version} is not newer than {self.version}")
+        fault_point("weight-sync", new_version)
         self._load(named)
         self.llm.reset_prefix_cache()
         self.version, self.weights_checksum = new_version, got

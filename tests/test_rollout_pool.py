@@ -140,3 +140,38 @@ def test_request_fails_clearly_after_retries(rollout_pool) -> None:
     finally:
         rollout_pool.cfg.request_retries = retries
     assert all(h["ok"] for h in rollout_pool.wait_ready())  # the pool serves again once Ray restarted the worker
+
+
+@pytest.mark.vllm
+@pytest.mark.ray
+@pytest.mark.slow
+def test_worker_killed_mid_weight_sync_is_resynced(ray_cluster, tiny_model_dir, rollout_run_dir, tmp_path,
+                                                    capfd, monkeypatch) -> None:
+    """SIGKILL a rollout worker after it received weights version 1 and before it loaded them (``HYRL_FAULT``):
+    the sync reports the worker lost and says so, the pool keeps version 1 as the latest, and once Ray restarted the
+    worker (on the checkpoint) it is re-synced to version 1 and samples the new policy, not the old one."""
+    from hyrl.rollout.engine import EngineConfig
+    from hyrl.rollout.pool import PoolConfig, RolloutPool
+
+    monkeypatch.setenv("HYRL_FAULT", "weight-sync:1")
+    monkeypatch.setenv("HYRL_FAULT_ONCE", str(tmp_path / "fired"))  # the restarted worker must survive its re-sync
+    cfg = EngineConfig(model=str(tiny_model_dir), run_dir=str(rollout_run_dir), max_num_batched_tokens=64,
+                       max_num_seqs=16)
+    pool = RolloutPool(cfg, PoolConfig(num_workers=1, num_cpus_per_worker=0.25, request_timeout_s=120))
+    try:
+        old, new = _learner(tiny_model_dir), _learner(tiny_model_dir, perturb_seed=7)
+        victim = pool.health()[0]["pid"]
+        reports = pool.update_weights(new.named_parameters())
+        assert (tmp_path / "fired").exists(), "the worker must have reached the fault point"
+        assert reports == [{"worker_id": 0, "version": None, "lost": True}] and pool.version == 1
+        assert "rollout worker 0 was lost during the weight sync to version 1" in capfd.readouterr().err
+
+        health = pool.wait_ready()
+        assert health[0]["ok"] and health[0]["version"] == 1 and health[0]["pid"] != victim
+        assert pool.resyncs == 1
+        batch = pool.generate(_prompts(8, seed=8), Sampling(max_tokens=16, ignore_eos=True))
+        assert batch.policy_version == 1
+        assert _max_delta(batch, new) <= 1e-5
+        assert _max_delta(batch, old) > 1e-3, "the restarted worker must not serve the checkpoint it restarted on"
+    finally:
+        pool.shutdown()
