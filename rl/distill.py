@@ -81,17 +81,14 @@ def _pool_answers(ctx: RunContext, prompts: list[str]) -> list[str]:
     import ray
 
     from hyrl.rollout.batch import Sampling
-    from hyrl.rollout.engine import EngineConfig
-    from hyrl.rollout.pool import PoolConfig, RolloutPool, init_ray
+    from hyrl.rollout.pool import build_pool, init_ray
 
     r, t = ctx.recipe, ctx.recipe.algo.teacher
     tokenizer = AutoTokenizer.from_pretrained(str(t.path))
     init_ray(ctx.run_dir, num_cpus=2)
     pool = None
     try:
-        engine = EngineConfig(model=str(Path(t.path).resolve()), run_dir=str(ctx.run_dir), seed=r.seed,
-                              max_model_len=r.rollout.max_model_len, enforce_eager=r.rollout.enforce_eager)
-        pool = RolloutPool(engine, PoolConfig(num_workers=r.rollout.num_workers))
+        pool = build_pool(r, t.path, ctx.run_dir)
         ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
         batch = pool.generate(ids, Sampling(max_tokens=r.rollout.max_new_tokens, temperature=t.temperature,
                                             seed=r.seed))

@@ -213,6 +213,10 @@ def _train_learners(learners, ctx: RunContext) -> list[dict[str, Any]]:
                           f"{ctx.run_dir / 'ray'}; {where}") from None
 
 
+def warm_start_done(ctx: RunContext) -> bool:
+    return (ctx.run_dir / "warm_start" / "final" / "config.json").is_file()
+
+
 def warm_start(ctx: RunContext) -> RunContext:
     """Run the recipe's SFT warm start into ``<run_dir>/warm_start`` (once) and start GRPO from its model."""
     from hyrl.config import EvalConfig, OptimConfig, SFTAlgo
@@ -221,7 +225,7 @@ def warm_start(ctx: RunContext) -> RunContext:
 
     ws = ctx.recipe.algo.warm_start
     sft_dir = ctx.run_dir / "warm_start"
-    if not (sft_dir / "final" / "config.json").is_file():
+    if not warm_start_done(ctx):
         sft_recipe = ctx.recipe.model_copy(update={
             "name": f"{ctx.recipe.name}: SFT warm start",  # the title of warm_start/curves.png
             "algo": SFTAlgo(),
@@ -244,25 +248,26 @@ def train_grpo(ctx: RunContext, teacher_dir: Path | None = None) -> dict[str, An
     from hyrl.rl.cluster import check_local_gpus, cluster, place
     from hyrl.rl.learners import LearnerGroup
     from hyrl.rl.progress import watch_metrics
-    from hyrl.rollout.engine import EngineConfig
-    from hyrl.rollout.pool import PoolConfig, RolloutPool
+    from hyrl.rollout.pool import build_pool
+    from hyrl.rollout.weights import read_folder
 
     r = ctx.recipe
     check_local_gpus(r)
-    if r.algo.warm_start is not None:
+    # On CPU the engines start (~30 s: Ray, vLLM import, engine build) on the core the warm start leaves idle, on the
+    # initial weights, and get the warm start's weights as version 0 when it is done. On GPUs the warm start runs
+    # first, so it never shares a GPU with an engine.
+    overlap = (r.algo.warm_start is not None and not warm_start_done(ctx)
+               and r.rollout.num_gpus_per_worker == 0 and r.learner.num_gpus_per_worker == 0)
+    if r.algo.warm_start is not None and not overlap:
         ctx = warm_start(ctx)
     with cluster(r, ctx.run_dir):
         placement = place(r)
-        engine = EngineConfig(model=str(ctx.init_model_dir), run_dir=str(ctx.run_dir), dtype=r.model.dtype,
-                              state_dtype=r.model.state_dtype, max_model_len=r.rollout.max_model_len, seed=r.seed,
-                              enforce_eager=r.rollout.enforce_eager,
-                              gpu_memory_utilization=r.rollout.gpu_memory_utilization,
-                              extra={"enable_sleep_mode": True} if r.ray.placement == "colocate" else {})
-        pool = RolloutPool(engine, PoolConfig(
-            num_workers=r.rollout.num_workers, num_cpus_per_worker=r.rollout.num_cpus_per_worker,
-            num_gpus_per_worker=r.rollout.num_gpus_per_worker, request_timeout_s=r.rollout.request_timeout_s,
-            chunk_size=r.rollout.chunk_size, placement_group=placement.group,
-            bundle_offset=placement.rollout_bundle_offset, bucket_mib=r.learner.sync_bucket_mib))
+        pool = build_pool(r, ctx.init_model_dir, ctx.run_dir, placement=placement, wait=not overlap,
+                          extra={"enable_sleep_mode": True} if r.ray.placement == "colocate" else None)
+        if overlap:
+            ctx = warm_start(ctx)
+            pool.wait_ready()
+            pool.update_weights(read_folder(ctx.init_model_dir), version=0)
         try:
             teacher = str(teacher_dir) if teacher_dir else None
             learners = LearnerGroup(

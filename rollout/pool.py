@@ -85,7 +85,8 @@ def init_ray(run_dir: str | Path, num_cpus: int = 2, object_store_mib: int = 256
 class RolloutPool:
     """Serve ``generate`` over N engines; ``update_weights`` pushes one published copy of the weights to all."""
 
-    def __init__(self, engine: EngineConfig, cfg: PoolConfig | None = None) -> None:
+    def __init__(self, engine: EngineConfig, cfg: PoolConfig | None = None, *, wait: bool = True) -> None:
+        """Start the workers; ``wait=False`` returns while their engines are still starting (``wait_ready``)."""
         self.engine, self.cfg = engine, cfg or PoolConfig()
         self.transport = ObjectStoreTransport(self.cfg.bucket_mib << 20)
         self.workers = [self._actor(i) for i in range(self.cfg.num_workers)]
@@ -93,7 +94,8 @@ class RolloutPool:
         self.latest: WeightHandle | None = None
         self.resyncs = 0  # how many times a (restarted) worker got the latest weights re-applied
         self.retries = 0  # how many shards were re-sent after their worker was lost
-        ray.get([w.health.remote() for w in self.workers], timeout=self.cfg.restart_timeout_s)
+        if wait:
+            ray.get([w.health.remote() for w in self.workers], timeout=self.cfg.restart_timeout_s)
 
     def generate(self, prompts: list[list[int]] | list[str], sampling: Sampling | None = None) -> RolloutBatch:
         """Sample all prompts; chunks go to whichever worker is idle; the order of the input is kept."""
@@ -236,7 +238,7 @@ class RolloutPool:
         """Wait for the worker to be up; re-apply the latest weights if it restarted on older ones."""
         timeout_s = timeout_s or self.cfg.restart_timeout_s
         report = ray.get(self.workers[worker].health.remote(), timeout=timeout_s)
-        if self.latest is not None and report["version"] < self.version:
+        if self.latest is not None and (report["version"] < self.version or report["checksum"] != self.latest.checksum):
             ray.get(self.workers[worker].update_weights.remote(self.latest), timeout=self.cfg.restart_timeout_s)
             self.resyncs += 1
 
@@ -279,3 +281,32 @@ def _chunk_sampling(sampling: Sampling, chunk: int) -> Sampling:
     if sampling.seed is None:
         return sampling
     return dataclasses.replace(sampling, seed=sampling.seed + chunk * CHUNK_SEED_STRIDE)
+
+
+def engine_config(recipe, model_dir: str | Path, run_dir: str | Path, extra: dict[str, Any] | None = None
+                  ) -> EngineConfig:
+    """The engine a recipe asks for, on ``model_dir``'s weights: every engine setting of ``model`` and ``rollout``."""
+    r = recipe
+    return EngineConfig(
+        model=str(Path(model_dir).resolve()), run_dir=str(run_dir), dtype=r.model.dtype,
+        state_dtype=r.model.state_dtype, max_model_len=r.rollout.max_model_len, max_num_seqs=r.rollout.max_num_seqs,
+        max_num_batched_tokens=r.rollout.max_num_batched_tokens, seed=r.seed, enforce_eager=r.rollout.enforce_eager,
+        gpu_memory_utilization=r.rollout.gpu_memory_utilization, extra=dict(extra or {}))
+
+
+def pool_config(recipe, placement=None) -> PoolConfig:
+    """The pool a recipe asks for; ``placement``: the run's ``hyrl.rl.cluster.Placement``, if any."""
+    r = recipe
+    return PoolConfig(
+        num_workers=r.rollout.num_workers, num_cpus_per_worker=r.rollout.num_cpus_per_worker,
+        num_gpus_per_worker=r.rollout.num_gpus_per_worker, request_timeout_s=r.rollout.request_timeout_s,
+        chunk_size=r.rollout.chunk_size, bucket_mib=r.learner.sync_bucket_mib,
+        placement_group=placement.group if placement is not None else None,
+        bundle_offset=placement.rollout_bundle_offset if placement is not None else 0)
+
+
+def build_pool(recipe, model_dir: str | Path, run_dir: str | Path, *, placement=None,
+               extra: dict[str, Any] | None = None, wait: bool = True) -> RolloutPool:
+    """The one way a run builds its rollout pool (GRPO, on-policy and offline distillation), so every engine gets
+    every setting of the recipe's ``model`` and ``rollout`` sections."""
+    return RolloutPool(engine_config(recipe, model_dir, run_dir, extra), pool_config(recipe, placement), wait=wait)

@@ -85,7 +85,9 @@ class RolloutWorker:
         if expected_checksum is not None and got != expected_checksum:
             raise ValueError(f"worker {self.worker_id}: weight checksum {got} != sent {expected_checksum}; refused")
         new_version = self.version + 1 if version is None else version
-        if new_version <= self.version:
+        # Versions only grow; version 0 (the weights a run starts from) may be replaced, e.g. by a warm start's
+        # weights that were trained while this engine was starting on the initial checkpoint.
+        if new_version < self.version or (new_version == self.version and new_version != 0):
             raise ValueError(f"worker {self.worker_id}: version {new_version} is not newer than {self.version}")
         fault_point("weight-sync", new_version)
         self._load(named)

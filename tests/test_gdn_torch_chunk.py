@@ -55,14 +55,14 @@ def _assert_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -
         assert err <= 3 * tol if name.startswith("d") else err <= tol, f"{name}: max abs err {err:.2e} > tol"
 
 
-@pytest.mark.parametrize("T", [1, 63, 64, 65, 130])
+@pytest.mark.parametrize("T", [1, 5, 16, 17, 33, 63, 64, 65, 130])  # short T: chunks of 2^ceil(log2 T)
 @pytest.mark.parametrize(("K", "V"), [(32, 64), (16, 16)])
 def test_chunk_equals_reference(T: int, K: int, V: int) -> None:
     x = _inputs(2, T, 2, K, V, n_states=2)
     _assert_close(_run(chunk_gdn_torch, x, None, seed=T), _run(gdn_reference, x, None, seed=T))
 
 
-@pytest.mark.parametrize("lengths", [[1, 63, 1, 65], [130, 1], [64, 64, 2]])
+@pytest.mark.parametrize("lengths", [[1, 63, 1, 65], [130, 1], [64, 64, 2], [3, 9, 2]])
 def test_chunk_varlen_equals_reference(lengths: list[int]) -> None:
     cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
     x = _inputs(1, sum(lengths), 2, 32, 64, n_states=len(lengths))

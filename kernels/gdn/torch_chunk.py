@@ -1,7 +1,7 @@
 """Chunked Gated DeltaNet in plain PyTorch: the CPU path for training and prefill (differentiable by autograd).
 
 Shapes: B batch, T tokens, H heads, K key/query head dim, V value head dim, N documents (varlen),
-C chunks per sequence, L tokens per chunk (64).
+C chunks per sequence, L tokens per chunk (64, or the next power of two >= T for shorter sequences).
 
 Same contract as ``hyrl.kernels.gdn.reference.gdn_reference`` (argument order q, k, v, g, beta; fp32 math and state):
     S_t = exp(g_t) S_{t-1} + beta_t k_t (v_t - exp(g_t) S_{t-1}^T k_t)^T,      o_t = scale * S_t^T q_t
@@ -30,6 +30,13 @@ import torch.nn.functional as F
 from hyrl.kernels.gdn.reference import l2norm, upcast
 
 CHUNK = 64
+
+
+def chunk_len(T: int) -> int:
+    """Tokens per chunk: 64, or the next power of two >= T when a whole sequence is shorter. Chunking is exact math,
+    so a shorter chunk changes only rounding; padding a 16-token RL completion batch to 64 made the triangular solve
+    and the chunk matmuls do 4x (solve: 16x) the work."""
+    return min(CHUNK, 1 << max(T - 1, 0).bit_length())
 
 
 def chunk_gdn_torch(
@@ -102,23 +109,24 @@ def _chunk_batched(
     """Chunked GDN over independent fp32 sequences; returns o_BTHV and the final state_BHKV."""
     B, T, H, K = q_BTHK.shape
     V = v_BTHV.shape[-1]
-    pad = (-T) % CHUNK
-    C = (T + pad) // CHUNK
+    L = chunk_len(T)
+    pad = (-T) % L
+    C = (T + pad) // L
 
     def chunks(x: torch.Tensor) -> torch.Tensor:  # [B, T, H, *] -> [B, H, C, L, *]
         x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, 0, 0, pad))
-        return x.reshape(B, C, CHUNK, H, *x.shape[3:]).transpose(1, 3).transpose(2, 3)
+        return x.reshape(B, C, L, H, *x.shape[3:]).transpose(1, 3).transpose(2, 3)
 
     q_BHCLK = chunks(q_BTHK) * scale
     k_BHCLK, v_BHCLV = chunks(k_BTHK), chunks(v_BTHV)
     gc_BHCL = chunks(g_BTH).cumsum(-1)
     beta_BHCL = chunks(beta_BTH)
 
-    causal_LL = torch.ones(CHUNK, CHUNK, dtype=torch.bool, device=q_BTHK.device).tril()
+    causal_LL = torch.ones(L, L, dtype=torch.bool, device=q_BTHK.device).tril()
     decay_BHCLL = (gc_BHCL[..., :, None] - gc_BHCL[..., None, :]).masked_fill(~causal_LL, float("-inf")).exp()
     k_beta_BHCLK = k_BHCLK * beta_BHCL[..., None]
     A_BHCLL = (k_beta_BHCLK @ k_BHCLK.transpose(-1, -2) * decay_BHCLL).tril(-1)
-    eye_LL = torch.eye(CHUNK, dtype=q_BTHK.dtype, device=q_BTHK.device)
+    eye_LL = torch.eye(L, dtype=q_BTHK.dtype, device=q_BTHK.device)
     rhs = torch.cat([v_BHCLV * beta_BHCL[..., None], k_beta_BHCLK * gc_BHCL.exp()[..., None]], dim=-1)
     u_BHCLV, w_BHCLK = torch.linalg.solve_triangular(A_BHCLL + eye_LL, rhs, upper=False, unitriangular=True).split(
         [V, K], dim=-1
@@ -136,5 +144,5 @@ def _chunk_batched(
         state_BHKV = (
             state_BHKV * chunk_decay_BHC[:, :, c, None, None] + k_to_end_BHCLK[:, :, c].transpose(-1, -2) @ v_new_BHLV
         )
-    o_BHTV = torch.stack(outs, dim=2).reshape(B, H, C * CHUNK, V)[:, :, :T]
+    o_BHTV = torch.stack(outs, dim=2).reshape(B, H, C * L, V)[:, :, :T]
     return o_BHTV.transpose(1, 2), state_BHKV
