@@ -131,10 +131,40 @@ def train_recipe(recipe: str, run_dir: Path, *overrides: str) -> subprocess.Comp
     return proc
 
 
+def train_recipes_together(recipe: str, runs: dict[Path, list[str]], parallel: int = 2) -> None:
+    """Run ``recipe`` once per ``{run_dir: overrides}``, ``parallel`` at a time, each with its own local Ray cluster.
+
+    A synchronous GRPO-style step keeps about one core busy (rollout, then learner), so two runs on 2 cores take
+    ~1.15x one run's time instead of 2x (measured with grpo_tiny: 2.1 s per step side by side, 1.85 s alone)."""
+    pending, running = list(runs.items()), []
+
+    def finish(run_dir: Path, proc: subprocess.Popen, log: Path) -> None:
+        assert proc.wait(timeout=1800) == 0, (run_dir, log.read_text()[-4000:])
+
+    for run_dir, overrides in pending:
+        if len(running) == parallel:
+            finish(*running.pop(0))
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        log = run_dir.parent / f"{run_dir.name}.log"  # a file, not a pipe: an unread full pipe would stall a run
+        cmd = [sys.executable, "-m", "hyrl.cli", "train", str(ROOT / "recipes" / recipe),
+               f"logging.run_dir={run_dir}", "logging.progress=false", *overrides]
+        with open(log, "w") as f:
+            running.append((run_dir, subprocess.Popen(cmd, cwd=run_dir.parent, stdout=f, stderr=subprocess.STDOUT),
+                            log))
+    for item in running:
+        finish(*item)
+
+
 @pytest.fixture(scope="session")
 def train():
     """``train(recipe, run_dir, *overrides)``: a recipe run through the real CLI (see ``train_recipe``)."""
     return train_recipe
+
+
+@pytest.fixture(scope="session")
+def train_together():
+    """``train_together(recipe, {run_dir: overrides}, parallel=2)`` (see ``train_recipes_together``)."""
+    return train_recipes_together
 
 
 @pytest.fixture(scope="session")

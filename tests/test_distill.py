@@ -48,7 +48,7 @@ def test_different_tokenizer_is_refused_for_token_level_modes(tiny_model_dir: Pa
     check_same_tokenizer(tiny_model_dir, tiny_model_dir, "logit_kd")  # same tokenizer: fine
     for mode in ("logit_kd", "on_policy"):
         rc = main(["train", str(ROOT / "recipes" / f"distill_{mode}_tiny.yaml"), f"algo.teacher.path={other}",
-                   f"logging.run_dir={tmp_path / mode}", "logging.progress=false"])
+                   f"model.path={tiny_model_dir}", f"logging.run_dir={tmp_path / mode}", "logging.progress=false"])
         err = capsys.readouterr().err
         assert rc == 2 and f"mode {mode}" in err and str(other) in err and "offline" in err
 
@@ -135,18 +135,34 @@ def test_offline_and_logit_kd_improve_the_student(mode: str, teachers: dict[str,
         assert kl[-1] < 0.5 * kl[0], kl
 
 
+@pytest.fixture(scope="module")
+def hybrid_teacher(sft_run: Path, tmp_path_factory: pytest.TempPathFactory, train) -> Path:
+    """teacher_hybrid_tiny: the session's SFT model trained 400 more steps with the lr annealed (~0.9 held-out)."""
+    run = tmp_path_factory.mktemp("hybrid_teacher") / "teacher"
+    train("teacher_hybrid_tiny.yaml", run, f"model.path={sft_run / 'final'}")
+    return run / "final"
+
+
 @pytest.mark.slow
-def test_on_policy_improves_the_warm_started_student(teachers: dict[str, Path], tmp_path: Path, train) -> None:
-    """The student moves toward the teacher on its own samples (the reverse KL it minimises falls) and keeps its
-    held-out accuracy. Accuracy gains of 30 steps on this tiny task are within seed noise (0.72 -> 0.66 and
-    0.50 -> 0.55 were both seen), so they are measured in docs/learning.md, not asserted here."""
-    train("distill_on_policy_tiny.yaml", tmp_path / "op", f"algo.teacher.path={teachers['strong']}")
-    records = [json.loads(line) for line in (tmp_path / "op" / "metrics.jsonl").read_text().splitlines()]
-    kl = [r["distill/reverse_kl"] for r in records if "distill/reverse_kl" in r]
-    assert len(kl) == 30 and sum(kl[-10:]) < sum(kl[:10]), kl
-    acc = [r["eval/arithmetic/accuracy"] for r in records if "eval/arithmetic/accuracy" in r]
-    assert acc[-1] >= acc[0] - 0.15, f"on-policy distillation lost accuracy: {acc[0]:.3f} -> {acc[-1]:.3f}"
-    assert all(r["mismatch/max_abs_delta"] < 1e-3 for r in records if "mismatch/max_abs_delta" in r)
+def test_on_policy_improves_the_student_over_seeds(sft_run: Path, hybrid_teacher: Path, tmp_path: Path,
+                                                   train_together) -> None:
+    """The recipe from the SFT model, three seeds: the reverse KL it minimises falls, rollout and learner agree, and
+    held-out greedy accuracy rises on the mean. Measured (docs/learning.md, section 7) from a 0.414 student with a
+    0.93 teacher: +0.19 / +0.20 for seeds 0 / 1 in 40 steps, the KL halved. The bound is well under that and above
+    the project's +0.05, so a CPU that rounds differently does not flip it, while a student that does not learn
+    from its teacher fails."""
+    runs = {tmp_path / f"seed{seed}": [f"seed={seed}", f"model.path={sft_run / 'final'}",
+                                       f"algo.teacher.path={hybrid_teacher}"] for seed in (0, 1, 2)}
+    train_together("distill_on_policy_tiny.yaml", runs)
+    gains = []
+    for run_dir in runs:
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        kl = [r["distill/reverse_kl"] for r in records if "distill/reverse_kl" in r]
+        assert len(kl) == 40 and sum(kl[-10:]) < sum(kl[:10]), kl
+        acc = [r["eval/arithmetic/accuracy"] for r in records if "eval/arithmetic/accuracy" in r]
+        gains.append(acc[-1] - acc[0])
+        assert all(r["mismatch/max_abs_delta"] < 1e-3 for r in records if "mismatch/max_abs_delta" in r)
+    assert sum(gains) / len(gains) >= 0.08, f"held-out accuracy gains per seed: {gains}"
 
 
 @pytest.mark.slow

@@ -54,14 +54,12 @@ def _reward_gain(run_dir: Path, k: int = 10) -> float:
 
 
 @pytest.fixture(scope="module")
-def seed_runs(default_run: Path) -> list[Path]:
-    """The default run plus the recipe's GRPO stage with two more seeds, from the same warm start."""
-    runs = [default_run]
-    for seed in (1, 2):
-        run_dir = default_run.parent / f"seed{seed}"
-        _train(run_dir, f"seed={seed}", f"model.path={default_run / 'warm_start' / 'final'}", "algo.warm_start=null")
-        runs.append(run_dir)
-    return runs
+def seed_runs(default_run: Path, train_together) -> list[Path]:
+    """The default run plus the recipe's GRPO stage with two more seeds, from the same warm start (side by side)."""
+    others = {default_run.parent / f"seed{seed}": [f"seed={seed}", f"model.path={default_run / 'warm_start' / 'final'}",
+                                                    "algo.warm_start=null"] for seed in (1, 2)}
+    train_together("grpo_tiny.yaml", others)
+    return [default_run, *others]
 
 
 def test_default_recipe_learns_the_task(default_run: Path) -> None:
@@ -75,15 +73,16 @@ def test_default_recipe_learns_the_task(default_run: Path) -> None:
 
 
 def test_grpo_improves_the_warm_start_over_seeds(seed_runs: list[Path]) -> None:
-    """GRPO raises held-out greedy accuracy and the reward, on the mean of three seeds. Margins (docs/learning.md):
-    per seed the accuracy gain was +0.07 / +0.10 / +0.20 in the pipeline (mean +0.12) and 0.0 to +0.31 in a
-    plain-torch replica (means of 4 seeds +0.11 to +0.17); the reward gain +0.09 to +0.14 (mean +0.11). The bounds
-    sit well below those means, so a different CPU does not flip them, while a run that does not learn fails (with
-    shuffled advantages the replica lost 0.15 to 0.37)."""
+    """GRPO raises held-out greedy accuracy and the reward, on the mean of three seeds. Measured with the recipe
+    (docs/learning.md, section 7; 2 cores): accuracy +0.17 / +0.16 / +0.16 (mean +0.16), reward +0.15 / +0.17 /
+    +0.14 (mean +0.15). The reward bound is the project's goal (+0.10): its mean over 3 x 10 steps of 256 samples
+    varies by ~0.02. Held-out accuracy on 128 prompts varies by ~0.04 per run, and a CPU that rounds differently
+    starts GRPO from another warm start (0.34 to 0.56 seen), so its bound sits at half the measured mean: a run that
+    does not learn fails it (with shuffled advantages a replica lost 0.15 to 0.37)."""
     acc_gains = [_accuracies(r)[-1] - _accuracies(r)[0] for r in seed_runs]
     reward_gains = [_reward_gain(r) for r in seed_runs]
-    assert sum(acc_gains) / len(acc_gains) >= 0.04, f"held-out accuracy gains per seed: {acc_gains}"
-    assert sum(reward_gains) / len(reward_gains) >= 0.04, f"reward gains (last 10 - first 10 steps): {reward_gains}"
+    assert sum(acc_gains) / len(acc_gains) >= 0.08, f"held-out accuracy gains per seed: {acc_gains}"
+    assert sum(reward_gains) / len(reward_gains) >= 0.10, f"reward gains (last 10 - first 10 steps): {reward_gains}"
 
 
 def test_weight_sync_every_step(default_run: Path, rollout_bound) -> None:

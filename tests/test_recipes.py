@@ -88,10 +88,11 @@ def test_help(command: list[str]) -> None:
 
 # Shipped recipes that start from another shipped recipe's result: the field, and the recipe that produces it.
 NEEDS_A_RUN = {
-    "dpo_tiny": ("model.path", "sft_tiny"),
-    "distill_offline_tiny": ("algo.teacher.path", "teacher_tiny"),
-    "distill_logit_kd_tiny": ("algo.teacher.path", "teacher_tiny"),
-    "distill_on_policy_tiny": ("algo.teacher.path", "teacher_tiny"),
+    "dpo_tiny": [("model.path", "sft_tiny")],
+    "teacher_hybrid_tiny": [("model.path", "sft_tiny")],
+    "distill_offline_tiny": [("algo.teacher.path", "teacher_tiny")],
+    "distill_logit_kd_tiny": [("algo.teacher.path", "teacher_tiny")],
+    "distill_on_policy_tiny": [("model.path", "sft_tiny"), ("algo.teacher.path", "teacher_hybrid_tiny")],
 }
 
 
@@ -102,13 +103,14 @@ def test_every_recipe_runs_on_a_fresh_clone_or_names_its_producer(path: Path, tm
     if path.stem not in NEEDS_A_RUN:
         load_recipe(path)
         return
-    field, producer = NEEDS_A_RUN[path.stem]
+    needs = NEEDS_A_RUN[path.stem]
     with pytest.raises(RecipeError) as err:
         load_recipe(path)
     assert err.value.problems == [f"{field}: runs/{producer}/final does not exist; produce it with: hyrl train "
-                                  f"{ROOT / 'recipes' / producer}.yaml"]
-    _checkpoint_folder(tmp_path / "runs" / producer / "final", tensor_bytes=64)
-    assert load_recipe(path).name == path.stem  # once the producer has run
+                                  f"{ROOT / 'recipes' / producer}.yaml" for field, producer in needs]
+    for _, producer in needs:
+        _checkpoint_folder(tmp_path / "runs" / producer / "final", tensor_bytes=64)
+    assert load_recipe(path).name == path.stem  # once the producers have run
 
 
 def test_validate_cli_names_the_command_that_makes_a_missing_folder(tmp_path: Path) -> None:
