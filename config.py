@@ -212,6 +212,8 @@ class RolloutConfig(Section):
     max_model_len: PositiveInt = 512
     gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0, description="GPU only: vLLM's share of the GPU")
     enforce_eager: bool = Field(False, description="no CUDA graphs / compile (slower; faster start on CPU)")
+    implementation: Literal["hyrl", "vllm"] = Field("hyrl", description="hyrl: hyrl's model class inside vLLM "
+                                                    "(fp32 GDN state, the learner's math); vllm: vLLM's own class")
     max_num_seqs: PositiveInt = Field(256, description="sequences an engine runs at once (vLLM's max_num_seqs); "
                                       "a GRPO step's prompts x generations beyond it wait for a second wave")
     max_num_batched_tokens: PositiveInt = Field(2048, description="tokens per engine step; longer prompts are "

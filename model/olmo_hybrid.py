@@ -16,8 +16,10 @@ K != V, RoPE on/off); packed forward == per-document forwards; chunk GDN == recu
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -200,6 +202,9 @@ class HybridModel(nn.Module):
         return ForwardContext(padding_BT, mask, rope, cu_seqlens, cache)
 
 
+STOCK_ARCHITECTURE = "OlmoHybridForCausalLM"  # what saved checkpoints name: transformers' and vLLM's class
+
+
 class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
     """The causal LM hyrl trains (SFT/DPO/GRPO via TRL) and pushes to vLLM; transformers' class is only an oracle."""
 
@@ -230,6 +235,13 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         """
         sd = to_hf_state_dict(state_dict if state_dict is not None else self.state_dict(), self.config)
         super().save_pretrained(save_directory, *args, state_dict=sd, save_original_format=False, **kwargs)
+        # transformers writes this class's name; the stock name lets transformers and vLLM load the folder without
+        # hyrl (the weights are in the released layout already)
+        config_file = Path(save_directory) / "config.json"
+        if kwargs.get("is_main_process", True) and config_file.is_file():
+            config = json.loads(config_file.read_text())
+            config["architectures"] = [STOCK_ARCHITECTURE]
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Also accept the checkpoint-file layout that ``save_pretrained`` writes (split q/k/v convs).

@@ -8,7 +8,9 @@ the engine's.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,9 @@ class EngineConfig:
     kv_cache_gib: int = 1  # CPU only (VLLM_CPU_KVCACHE_SPACE)
     gpu_memory_utilization: float = 0.5
     tensor_parallel_size: int = 1
+    # "hyrl": hyrl's model class for the architectures it implements (Olmo Hybrid: fp32 GDN state, learner-identical
+    # math); "vllm": vLLM's own class for the folder's architecture
+    implementation: str = "hyrl"
     extra: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM as is
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,8 +69,20 @@ def apply_engine_env(cfg: EngineConfig) -> None:
         os.environ.setdefault(key, value)
 
 
+# model_type -> hyrl's vLLM class for it (registered by hyrl.rollout.vllm_plugin)
+HYRL_VLLM_CLASSES = {"olmo_hybrid": "HyrlOlmoHybridForCausalLM"}
+
+
+def hyrl_architecture(model: str | Path) -> str | None:
+    """hyrl's vLLM class for the model folder's architecture, or None where hyrl has none (e.g. a dense teacher)."""
+    config = Path(model) / "config.json"
+    model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    return HYRL_VLLM_CLASSES.get(model_type)
+
+
 def make_llm(cfg: EngineConfig):
-    """A ``vllm.LLM`` for ``cfg`` (the hyrl plugin is loaded by vLLM through its entry point)."""
+    """A ``vllm.LLM`` for ``cfg``. Checkpoints name the stock architecture (``OlmoHybridForCausalLM``), so hyrl's
+    implementation is asked for here, explicitly, and the engine says which one it runs."""
     apply_engine_env(cfg)
     from vllm import LLM
 
@@ -91,5 +108,12 @@ def make_llm(cfg: EngineConfig):
     )
     if torch.cuda.is_available():
         kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    ours = hyrl_architecture(cfg.model) if cfg.implementation == "hyrl" else None
+    if ours is not None:
+        kwargs["hf_overrides"] = {"architectures": [ours]}
     kwargs.update(cfg.extra)
+    chosen = (kwargs.get("hf_overrides") or {}).get("architectures", ["the folder's architecture"])[0]
+    print(f"hyrl: rollout engine for {cfg.model}: vLLM model class {chosen} "
+          f"({'hyrl' if chosen == ours else 'vLLM'}'s implementation), recurrent state {cfg.state_dtype}",
+          file=sys.stderr, flush=True)
     return LLM(**kwargs)

@@ -291,7 +291,8 @@ def engine_config(recipe, model_dir: str | Path, run_dir: str | Path, extra: dic
         model=str(Path(model_dir).resolve()), run_dir=str(run_dir), dtype=r.model.dtype,
         state_dtype=r.model.state_dtype, max_model_len=r.rollout.max_model_len, max_num_seqs=r.rollout.max_num_seqs,
         max_num_batched_tokens=r.rollout.max_num_batched_tokens, seed=r.seed, enforce_eager=r.rollout.enforce_eager,
-        gpu_memory_utilization=r.rollout.gpu_memory_utilization, extra=dict(extra or {}))
+        gpu_memory_utilization=r.rollout.gpu_memory_utilization, implementation=r.rollout.implementation,
+        extra=dict(extra or {}))
 
 
 def pool_config(recipe, placement=None) -> PoolConfig:

@@ -184,3 +184,27 @@ def test_load_state_dict_accepts_the_saved_file_layout(tmp_path: Path) -> None:
     fresh.load_state_dict(load_file(tmp_path / "model.safetensors"), strict=True)
     for (name, a), (_, b) in zip(saved.state_dict().items(), fresh.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_saved_folder_names_the_stock_architecture(tmp_path: Path) -> None:
+    """A hyrl checkpoint names transformers' and vLLM's class, so it loads without hyrl: AutoModelForCausalLM builds
+    transformers' own OlmoHybridForCausalLM from it, with hyrl's logits; hyrl's engines pick hyrl's vLLM class by
+    the model type, not by this name."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from hyrl.rollout.engine import hyrl_architecture
+
+    config = tiny_config()
+    ours = build_model(config)
+    ours.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["OlmoHybridForCausalLM"]
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert type(theirs) is OlmoHybridForCausalLM
+    ids_BT = torch.randint(2, config.vocab_size, (2, 20))
+    assert (logits(theirs, ids_BT) - logits(ours, ids_BT)).abs().max() <= 1e-5
+    assert hyrl_architecture(tmp_path) == "HyrlOlmoHybridForCausalLM"
+    (tmp_path / "dense").mkdir()
+    (tmp_path / "dense" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert hyrl_architecture(tmp_path / "dense") is None  # a dense teacher runs vLLM's own class

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ["model.state_dtype=bfloat16", "model.dtype=bfloat16", "rollout.max_num_seqs=7",
              "rollout.max_num_batched_tokens=96", "rollout.max_model_len=384", "rollout.enforce_eager=true",
              "rollout.num_workers=3", "rollout.num_cpus_per_worker=0.5", "rollout.gpu_memory_utilization=0.3",
-             "rollout.chunk_size=5", "rollout.request_timeout_s=12", "learner.sync_bucket_mib=8", "seed=11"]
+             "rollout.chunk_size=5", "rollout.request_timeout_s=12", "learner.sync_bucket_mib=8", "seed=11",
+             "rollout.implementation=vllm"]
 
 
 def _expect(engine, pool) -> None:
@@ -21,6 +22,7 @@ def _expect(engine, pool) -> None:
         "bfloat16", "bfloat16", 7, 96)
     assert (engine.max_model_len, engine.enforce_eager, engine.gpu_memory_utilization, engine.seed) == (
         384, True, 0.3, 11)
+    assert engine.implementation == "vllm"
     assert (pool.num_workers, pool.num_cpus_per_worker, pool.chunk_size, pool.request_timeout_s, pool.bucket_mib) == (
         3, 0.5, 5, 12, 8)
 

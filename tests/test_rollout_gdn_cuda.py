@@ -73,3 +73,32 @@ if __name__ == "__main__":
         print("decode", layout, "ok")
     test_cuda_prefill_equals_cpu()
     print("prefill ok")
+
+
+STOCK_SERVE = r'''
+import sys
+from vllm import LLM, SamplingParams
+llm = LLM(model=sys.argv[1], dtype="bfloat16", enforce_eager=True, gpu_memory_utilization=0.3, max_model_len=256)
+arch = llm.llm_engine.model_config.hf_config.architectures
+out = llm.generate(["12+34=", "7+8="], SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True))
+print("ARCH", arch, "TOKENS", [len(o.outputs[0].token_ids) for o in out])
+'''
+
+
+@pytest.mark.gpu
+@pytest.mark.vllm
+@needs_cuda
+def test_stock_vllm_serves_a_hyrl_checkpoint(tmp_path) -> None:
+    """A folder hyrl saved loads in vLLM with no hyrl plugin at all (``VLLM_PLUGINS=``): it names the stock
+    ``OlmoHybridForCausalLM`` and holds the released weight layout."""
+    import os
+    import subprocess
+    import sys
+
+    from hyrl.model.presets import build_tiny_model
+
+    folder = build_tiny_model(tmp_path / "tiny")
+    proc = subprocess.run([sys.executable, "-c", STOCK_SERVE, str(folder)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "VLLM_PLUGINS": "", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ARCH ['OlmoHybridForCausalLM'] TOKENS [6, 6]" in proc.stdout, proc.stdout[-2000:]
