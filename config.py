@@ -66,6 +66,8 @@ class DPOAlgo(Section):
     pairs: Literal["on_policy", "synthetic"] = "on_policy"
     num_samples: PositiveInt = Field(4, description="on_policy: sampled answers per prompt, besides the greedy one")
     temperature: PositiveFloat = Field(1.0, description="on_policy: sampling temperature of those answers")
+    sft_weight: NonNegativeFloat = Field(0.0, description="weight of an NLL term on the chosen answers added to the "
+                                         "preference loss (RPO); keeps DPO from lowering the chosen answers too")
 
 
 class TISCorrection(Section):

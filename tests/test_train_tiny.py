@@ -55,9 +55,10 @@ def dpo_runs(sft_run: Path, train_together) -> list[Path]:
 
 @pytest.mark.slow
 def test_dpo_improves_held_out_accuracy_over_seeds(dpo_runs: list[Path]) -> None:
-    """On-policy DPO raises the preference margin and held-out greedy accuracy on the mean of three seeds.
-    Measured on 2 cores: accuracy +0.09 / +0.16 / +0.11, margin +0.09 / +0.06 / +0.09 (first 3 vs last 3 logs);
-    the bounds sit well below those means (docs/learning.md), while DPO that unlearns (lr 3e-4: +0.00) fails."""
+    """On-policy DPO (with the chosen answers' NLL, ``algo.sft_weight``) raises the preference margin and held-out
+    greedy accuracy on the mean of three seeds. Measured on 2 cores from a 0.414 SFT model: accuracy +0.17 / +0.10 /
+    +0.10 (mean +0.12; plain DPO -0.04 / -0.09 / +0.02), margin ~0.01 -> ~0.1 (docs/learning.md, section 7). The
+    accuracy bound is the project's goal (+0.05); DPO that unlearns fails it."""
     margin_gains, acc_gains = [], []
     for run_dir in dpo_runs:
         margins = _series(run_dir, "rewards/margins")
@@ -67,7 +68,7 @@ def test_dpo_improves_held_out_accuracy_over_seeds(dpo_runs: list[Path]) -> None
         acc_gains.append(acc[-1] - acc[0])
         assert (run_dir / "final" / "config.json").is_file() and (run_dir / "dpo_pairs.jsonl").is_file()
     assert sum(margin_gains) / 3 >= 0.03, f"DPO margin gains per seed: {margin_gains}"
-    assert sum(acc_gains) / 3 >= 0.04, f"held-out accuracy gains per seed: {acc_gains}"
+    assert sum(acc_gains) / 3 >= 0.05, f"held-out accuracy gains per seed: {acc_gains}"
 
 
 @pytest.mark.slow
