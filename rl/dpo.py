@@ -32,10 +32,10 @@ def train_dpo(ctx: RunContext) -> None:
     model = load_causal_lm(ctx.init_model_dir, impl)
     ref_model = load_causal_lm(ctx.init_model_dir, impl)
     tokenizer = AutoTokenizer.from_pretrained(str(ctx.init_model_dir))
-    losses = [algo.loss_type, "sft"] if algo.sft_weight > 0 else [algo.loss_type]  # "sft": NLL of the chosen answer
-    weights = [1.0, algo.sft_weight] if algo.sft_weight > 0 else None
-    args = DPOConfig(**trainer_args(ctx), beta=algo.beta, loss_type=losses, loss_weights=weights,
-                     max_length=algo.max_length)
+    losses: dict = {"loss_type": [algo.loss_type]}
+    if algo.sft_weight > 0:  # TRL's "sft" loss: the NLL of the chosen answer, weighted beside the preference loss
+        losses = {"loss_type": [algo.loss_type, "sft"], "loss_weights": [1.0, algo.sft_weight]}
+    args = DPOConfig(**trainer_args(ctx), beta=algo.beta, max_length=algo.max_length, **losses)
     trainer = DPOTrainer(
         model=model,
         ref_model=ref_model,

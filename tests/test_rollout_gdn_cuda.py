@@ -66,15 +66,6 @@ def test_cuda_prefill_equals_cpu() -> None:
     torch.testing.assert_close(state.cpu(), ref_state, atol=1e-4, rtol=1e-4)
 
 
-if __name__ == "__main__":
-    torch.manual_seed(0)
-    for layout in ("paged", "contiguous"):
-        test_cuda_decode_step_equals_cpu(layout)
-        print("decode", layout, "ok")
-    test_cuda_prefill_equals_cpu()
-    print("prefill ok")
-
-
 STOCK_SERVE = r'''
 import sys
 from vllm import LLM, SamplingParams
@@ -102,3 +93,12 @@ def test_stock_vllm_serves_a_hyrl_checkpoint(tmp_path) -> None:
                           timeout=600, env={**os.environ, "VLLM_PLUGINS": "", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ARCH ['OlmoHybridForCausalLM'] TOKENS [6, 6]" in proc.stdout, proc.stdout[-2000:]
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    for layout in ("paged", "contiguous"):
+        test_cuda_decode_step_equals_cpu(layout)
+        print("decode", layout, "ok")
+    test_cuda_prefill_equals_cpu()
+    print("prefill ok")
